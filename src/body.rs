@@ -1,0 +1,90 @@
+//! Body capture for one direction: copies bytes up to a cap and keeps counting past it, so a
+//! record carries the true size and whether its body was truncated.
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BodyCapture {
+    data: Vec<u8>,
+    cap: usize,
+    size: u64,
+}
+
+impl BodyCapture {
+    pub fn new(cap: u64) -> Self {
+        BodyCapture {
+            data: Vec::new(),
+            cap: usize::try_from(cap).unwrap_or(usize::MAX),
+            size: 0,
+        }
+    }
+
+    /// How many bytes of the next chunk are still worth reading from the host; reading only
+    /// these keeps a large body from being copied into the VM at all.
+    pub fn wanted(&self, chunk_len: usize) -> usize {
+        chunk_len.min(self.cap.saturating_sub(self.data.len()))
+    }
+
+    /// Records a chunk of `chunk_len` bytes of which `prefix` (at most `wanted`) was read.
+    pub fn add(&mut self, chunk_len: usize, prefix: &[u8]) {
+        let room = self.cap.saturating_sub(self.data.len());
+        let keep = prefix.get(..prefix.len().min(room)).unwrap_or_default();
+        self.data.extend_from_slice(keep);
+        self.size = self.size.saturating_add(chunk_len as u64);
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn truncated(&self) -> bool {
+        self.size > self.data.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_up_to_the_cap_and_counts_everything() {
+        let mut body = BodyCapture::new(5);
+        assert_eq!(body.wanted(3), 3);
+        body.add(3, b"abc");
+        assert_eq!(body.wanted(3), 2);
+        body.add(3, b"de");
+        assert_eq!(body.wanted(100), 0);
+        body.add(100, b"");
+        assert_eq!(body.bytes(), b"abcde");
+        assert_eq!(body.size(), 106);
+        assert!(body.truncated());
+    }
+
+    #[test]
+    fn a_body_that_fits_is_not_truncated() {
+        let mut body = BodyCapture::new(5);
+        body.add(5, b"hello");
+        assert!(!body.truncated());
+        assert_eq!(body.size(), 5);
+    }
+
+    #[test]
+    fn more_than_wanted_is_still_capped() {
+        let mut body = BodyCapture::new(2);
+        body.add(4, b"abcd");
+        assert_eq!(body.bytes(), b"ab");
+        assert_eq!(body.size(), 4);
+    }
+
+    #[test]
+    fn zero_cap_counts_only() {
+        let mut body = BodyCapture::new(0);
+        assert_eq!(body.wanted(10), 0);
+        body.add(10, b"");
+        assert_eq!(body.size(), 10);
+        assert!(body.truncated());
+        assert!(BodyCapture::new(0).bytes().is_empty());
+    }
+}

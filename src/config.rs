@@ -1,0 +1,275 @@
+//! Plugin configuration: parsed with serde (unknown fields refused), then checked, so that a
+//! bad configuration is refused whole with one message naming the field.
+
+use serde::Deserialize;
+use std::fmt;
+
+/// Smallest batch budget that still fits one record with empty bodies and a few headers.
+pub const MIN_BATCH_BYTES: u64 = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub capture: CaptureConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub cluster: String,
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    pub request_body_max: u64,
+    pub response_body_max: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    pub max_records: u64,
+    pub max_bytes: u64,
+    pub flush_ms: u64,
+    pub max_queue_bytes: u64,
+    pub max_inflight: u64,
+}
+
+fn default_authority() -> String {
+    "oob-mirror".to_owned()
+}
+
+fn default_path() -> String {
+    "/v1/records".to_owned()
+}
+
+fn default_timeout_ms() -> u64 {
+    1000
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            request_body_max: 64 * 1024,
+            response_body_max: 64 * 1024,
+        }
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: 64,
+            max_bytes: 1024 * 1024,
+            flush_ms: 50,
+            max_queue_bytes: 8 * 1024 * 1024,
+            max_inflight: 4,
+        }
+    }
+}
+
+/// Why a configuration was refused: the dotted field path and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+fn refuse(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Parses and checks the plugin configuration bytes (JSON).
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(refuse(
+                "node.cluster",
+                "required (the configuration is empty)",
+            ));
+        }
+        let mut json = serde_json::Deserializer::from_slice(bytes);
+        let config: Config = serde_path_to_error::deserialize(&mut json).map_err(from_serde)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let node = &self.node;
+        if node.cluster.trim().is_empty() {
+            return Err(refuse("node.cluster", "must not be empty"));
+        }
+        if node.authority.trim().is_empty() {
+            return Err(refuse("node.authority", "must not be empty"));
+        }
+        if !node.path.starts_with('/') {
+            return Err(refuse("node.path", "must start with '/'"));
+        }
+        positive("node.timeout_ms", node.timeout_ms)?;
+        at_most("node.timeout_ms", node.timeout_ms, u64::from(u32::MAX))?;
+        let batch = &self.batch;
+        positive("batch.max_records", batch.max_records)?;
+        positive("batch.flush_ms", batch.flush_ms)?;
+        at_most("batch.flush_ms", batch.flush_ms, 60_000)?;
+        positive("batch.max_inflight", batch.max_inflight)?;
+        at_most("batch.max_inflight", batch.max_inflight, 1024)?;
+        if batch.max_bytes < MIN_BATCH_BYTES {
+            return Err(refuse(
+                "batch.max_bytes",
+                format!("must be at least {MIN_BATCH_BYTES} (one record's minimum)"),
+            ));
+        }
+        if batch.max_queue_bytes < batch.max_bytes {
+            return Err(refuse(
+                "batch.max_queue_bytes",
+                "must be at least batch.max_bytes",
+            ));
+        }
+        // Bodies are held in wasm memory per stream; a cap beyond this is a typo, not a wish.
+        at_most(
+            "capture.request_body_max",
+            self.capture.request_body_max,
+            64 << 20,
+        )?;
+        at_most(
+            "capture.response_body_max",
+            self.capture.response_body_max,
+            64 << 20,
+        )?;
+        Ok(())
+    }
+}
+
+fn positive(field: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(refuse(field, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn at_most(field: &str, value: u64, max: u64) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(refuse(field, format!("must be at most {max}")));
+    }
+    Ok(())
+}
+
+/// Names the field where serde stopped (for an unknown field, the field itself), so the one
+/// log line says which field is wrong.
+fn from_serde(err: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let path = err.path().to_string();
+    let field = if path.is_empty() || path == "." {
+        "configuration".to_owned()
+    } else {
+        path
+    };
+    ConfigError {
+        field,
+        reason: err.into_inner().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cluster_is_required_and_defaults_apply() {
+        let config = Config::parse(br#"{"node":{"cluster":"n"}}"#).unwrap();
+        assert_eq!(config.node.cluster, "n");
+        assert_eq!(config.node.authority, "oob-mirror");
+        assert_eq!(config.node.path, "/v1/records");
+        assert_eq!(config.node.timeout_ms, 1000);
+        assert_eq!(config.capture, CaptureConfig::default());
+        assert_eq!(config.capture.request_body_max, 65536);
+        assert_eq!(config.batch.max_records, 64);
+        assert_eq!(config.batch.max_bytes, 1 << 20);
+        assert_eq!(config.batch.flush_ms, 50);
+        assert_eq!(config.batch.max_queue_bytes, 8 << 20);
+        assert_eq!(config.batch.max_inflight, 4);
+    }
+
+    #[test]
+    fn full_config_is_read() {
+        let config = Config::parse(
+            br#"{"node":{"cluster":"c","authority":"a","path":"/p","timeout_ms":5},
+                 "capture":{"request_body_max":0,"response_body_max":10},
+                 "batch":{"max_records":1,"max_bytes":4096,"flush_ms":1,
+                          "max_queue_bytes":4096,"max_inflight":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.capture.request_body_max, 0);
+        assert_eq!(config.batch.max_inflight, 1);
+    }
+
+    fn field_of(json: &str) -> String {
+        Config::parse(json.as_bytes()).unwrap_err().field
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        assert_eq!(field_of(r#"{"node":{"cluster":""}}"#), "node.cluster");
+        assert_eq!(field_of(r#"{}"#), "configuration");
+        assert_eq!(field_of(""), "node.cluster");
+        assert_eq!(field_of(r#"{"node":{"clustr":"x"}}"#), "node.clustr");
+        assert_eq!(field_of(r#"{"node":{"cluster":"x"},"extra":1}"#), "extra");
+        assert_eq!(
+            field_of(r#"{"node":{"cluster":"x","path":"v1"}}"#),
+            "node.path"
+        );
+        assert_eq!(
+            field_of(r#"{"node":{"cluster":"x","timeout_ms":0}}"#),
+            "node.timeout_ms"
+        );
+        assert_eq!(
+            field_of(r#"{"node":{"cluster":"x"},"batch":{"max_records":0}}"#),
+            "batch.max_records"
+        );
+        assert_eq!(
+            field_of(r#"{"node":{"cluster":"x"},"batch":{"max_bytes":100}}"#),
+            "batch.max_bytes"
+        );
+        assert_eq!(
+            field_of(r#"{"node":{"cluster":"x"},"batch":{"max_bytes":9000000}}"#),
+            "batch.max_queue_bytes"
+        );
+        assert_eq!(
+            field_of(r#"{"node":{"cluster":"x"},"batch":{"max_inflight":0}}"#),
+            "batch.max_inflight"
+        );
+        assert_eq!(
+            field_of(r#"{"node":{"cluster":"x"},"batch":{"flush_ms":0}}"#),
+            "batch.flush_ms"
+        );
+        assert_eq!(
+            field_of(r#"{"node":{"cluster":"x"},"capture":{"request_body_max":-1}}"#),
+            "capture.request_body_max"
+        );
+    }
+
+    #[test]
+    fn message_reads_as_one_line() {
+        let err = Config::parse(br#"{"node":{"cluster":" "}}"#).unwrap_err();
+        assert_eq!(err.to_string(), "node.cluster: must not be empty");
+    }
+}

@@ -1,0 +1,285 @@
+//! Msgpack encoding of records per docs/wire-format.md, written straight into a caller's
+//! reused buffer (no intermediate value tree).
+
+use crate::record::{RequestRecord, ResponseRecord};
+
+pub const WIRE_VERSION: u64 = 1;
+
+/// Thin writer over `rmp`: writing to a `Vec` cannot fail, so results are dropped here once
+/// rather than checked at every call.
+struct Writer<'a>(&'a mut Vec<u8>);
+
+/// Msgpack lengths are u32; nothing we capture comes near (bodies are capped far below), but
+/// clamp rather than trust that.
+fn len32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+impl Writer<'_> {
+    fn map(&mut self, len: u32) {
+        let _ = rmp::encode::write_map_len(self.0, len);
+    }
+
+    fn key(&mut self, key: &str) {
+        self.str(key);
+    }
+
+    fn str(&mut self, value: &str) {
+        let value = value
+            .get(..value.len().min(u32::MAX as usize))
+            .unwrap_or("");
+        let _ = rmp::encode::write_str(self.0, value);
+    }
+
+    fn bin(&mut self, value: &[u8]) {
+        let value = value.get(..len32(value.len()) as usize).unwrap_or_default();
+        let _ = rmp::encode::write_bin(self.0, value);
+    }
+
+    fn uint(&mut self, value: u64) {
+        let _ = rmp::encode::write_uint(self.0, value);
+    }
+
+    fn bool(&mut self, value: bool) {
+        let _ = rmp::encode::write_bool(self.0, value);
+    }
+
+    fn str_field(&mut self, key: &str, value: &str) {
+        self.key(key);
+        self.str(value);
+    }
+
+    fn uint_field(&mut self, key: &str, value: u64) {
+        self.key(key);
+        self.uint(value);
+    }
+
+    fn bool_field(&mut self, key: &str, value: bool) {
+        self.key(key);
+        self.bool(value);
+    }
+
+    /// `[[name, value], …]`; a value is a str when it is valid UTF-8, a bin otherwise.
+    fn headers_field(&mut self, key: &str, headers: &[(String, Vec<u8>)]) {
+        self.key(key);
+        let _ = rmp::encode::write_array_len(self.0, len32(headers.len()));
+        for (name, value) in headers {
+            let _ = rmp::encode::write_array_len(self.0, 2);
+            self.str(name);
+            match std::str::from_utf8(value) {
+                Ok(text) => self.str(text),
+                Err(_) => self.bin(value),
+            }
+        }
+    }
+
+    fn common(&mut self, fields: u32, kind: &str, id: &str, ts_ns: u64) {
+        self.map(fields + 4);
+        self.uint_field("v", WIRE_VERSION);
+        self.str_field("kind", kind);
+        self.str_field("id", id);
+        self.uint_field("ts_ns", ts_ns);
+    }
+
+    fn body_fields(&mut self, body: &crate::body::BodyCapture) {
+        self.key("body");
+        self.bin(body.bytes());
+        self.uint_field("body_size", body.size());
+        self.bool_field("body_truncated", body.truncated());
+    }
+}
+
+/// Appends the request record to `out`.
+pub fn encode_request(record: &RequestRecord, out: &mut Vec<u8>) {
+    let mut w = Writer(out);
+    w.common(14, "request", &record.id, record.ts_ns);
+    w.str_field("method", &record.method);
+    w.str_field("scheme", &record.scheme);
+    w.str_field("authority", &record.authority);
+    w.str_field("path", &record.path);
+    w.str_field("protocol", &record.protocol);
+    w.str_field("source", &record.source);
+    w.str_field("destination", &record.destination);
+    w.bool_field("tls", record.tls);
+    w.headers_field("headers", &record.headers);
+    w.headers_field("trailers", &record.trailers);
+    w.body_fields(&record.body);
+    w.bool_field("complete", record.complete);
+}
+
+/// Appends the response record to `out`.
+pub fn encode_response(record: &ResponseRecord, out: &mut Vec<u8>) {
+    let mut w = Writer(out);
+    w.common(9, "response", &record.id, record.ts_ns);
+    w.uint_field("status", u64::from(record.status));
+    w.str_field("details", &record.details);
+    w.headers_field("headers", &record.headers);
+    w.headers_field("trailers", &record.trailers);
+    w.body_fields(&record.body);
+    w.bool_field("complete", record.complete);
+    w.uint_field("duration_us", record.duration_us);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::BodyCapture;
+    use rmpv::Value;
+
+    fn decode_all(mut bytes: &[u8]) -> Vec<Value> {
+        let mut values = Vec::new();
+        while !bytes.is_empty() {
+            values.push(rmpv::decode::read_value(&mut bytes).unwrap());
+        }
+        values
+    }
+
+    fn get<'a>(map: &'a Value, key: &str) -> &'a Value {
+        map.as_map()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("missing key {key}"))
+    }
+
+    fn keys(map: &Value) -> Vec<&str> {
+        map.as_map()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.as_str().unwrap())
+            .collect()
+    }
+
+    fn sample_request() -> RequestRecord {
+        let mut body = BodyCapture::new(4);
+        body.add(6, b"abcdef");
+        RequestRecord {
+            id: "req-1".into(),
+            ts_ns: 1_700_000_000_000_000_000,
+            method: "POST".into(),
+            scheme: "http".into(),
+            authority: "example.com".into(),
+            path: "/etc/passwd?x=1".into(),
+            protocol: "HTTP/1.1".into(),
+            source: "127.0.0.1:5555".into(),
+            destination: "127.0.0.1:10000".into(),
+            tls: false,
+            headers: vec![
+                ("x-dup".into(), b"1".to_vec()),
+                ("x-dup".into(), b"2".to_vec()),
+                ("x-bin".into(), vec![0xff, 0xfe]),
+            ],
+            trailers: vec![],
+            body,
+            complete: true,
+        }
+    }
+
+    #[test]
+    fn request_record_has_every_field_of_the_wire_format() {
+        let mut out = Vec::new();
+        encode_request(&sample_request(), &mut out);
+        let values = decode_all(&out);
+        assert_eq!(values.len(), 1);
+        let r = &values[0];
+        assert_eq!(
+            keys(r),
+            [
+                "v",
+                "kind",
+                "id",
+                "ts_ns",
+                "method",
+                "scheme",
+                "authority",
+                "path",
+                "protocol",
+                "source",
+                "destination",
+                "tls",
+                "headers",
+                "trailers",
+                "body",
+                "body_size",
+                "body_truncated",
+                "complete"
+            ]
+        );
+        assert_eq!(get(r, "v").as_u64(), Some(1));
+        assert_eq!(get(r, "kind").as_str(), Some("request"));
+        assert_eq!(get(r, "ts_ns").as_u64(), Some(1_700_000_000_000_000_000));
+        assert_eq!(get(r, "path").as_str(), Some("/etc/passwd?x=1"));
+        assert_eq!(get(r, "tls").as_bool(), Some(false));
+        assert_eq!(get(r, "body"), &Value::Binary(b"abcd".to_vec()));
+        assert_eq!(get(r, "body_size").as_u64(), Some(6));
+        assert_eq!(get(r, "body_truncated").as_bool(), Some(true));
+        assert_eq!(get(r, "complete").as_bool(), Some(true));
+        let headers = get(r, "headers").as_array().unwrap();
+        assert_eq!(
+            headers[0],
+            Value::Array(vec![Value::from("x-dup"), Value::from("1")])
+        );
+        assert_eq!(
+            headers[1],
+            Value::Array(vec![Value::from("x-dup"), Value::from("2")])
+        );
+        assert_eq!(
+            headers[2],
+            Value::Array(vec![Value::from("x-bin"), Value::Binary(vec![0xff, 0xfe])])
+        );
+        assert_eq!(get(r, "trailers"), &Value::Array(vec![]));
+    }
+
+    #[test]
+    fn response_record_has_every_field_and_records_concatenate() {
+        let mut out = Vec::new();
+        encode_request(&sample_request(), &mut out);
+        let mut body = BodyCapture::new(100);
+        body.add(2, b"ok");
+        let response = ResponseRecord {
+            id: "req-1".into(),
+            ts_ns: 5,
+            status: 503,
+            details: "no_healthy_upstream".into(),
+            headers: vec![("content-length".into(), b"2".to_vec())],
+            trailers: vec![("x-checksum".into(), b"abc".to_vec())],
+            body,
+            complete: true,
+            duration_us: 1234,
+        };
+        encode_response(&response, &mut out);
+        let values = decode_all(&out);
+        assert_eq!(values.len(), 2);
+        let r = &values[1];
+        assert_eq!(
+            keys(r),
+            [
+                "v",
+                "kind",
+                "id",
+                "ts_ns",
+                "status",
+                "details",
+                "headers",
+                "trailers",
+                "body",
+                "body_size",
+                "body_truncated",
+                "complete",
+                "duration_us"
+            ]
+        );
+        assert_eq!(get(r, "kind").as_str(), Some("response"));
+        assert_eq!(get(r, "id").as_str(), Some("req-1"));
+        assert_eq!(get(r, "status").as_u64(), Some(503));
+        assert_eq!(get(r, "details").as_str(), Some("no_healthy_upstream"));
+        assert_eq!(get(r, "body"), &Value::Binary(b"ok".to_vec()));
+        assert_eq!(get(r, "body_truncated").as_bool(), Some(false));
+        assert_eq!(get(r, "duration_us").as_u64(), Some(1234));
+        assert_eq!(
+            get(r, "trailers").as_array().unwrap()[0],
+            Value::Array(vec![Value::from("x-checksum"), Value::from("abc")])
+        );
+    }
+}

@@ -1,0 +1,46 @@
+//! Small, panic-free reads from the host: time and Envoy attributes.
+
+use proxy_wasm::hostcalls;
+use std::time::UNIX_EPOCH;
+
+/// Unix time in nanoseconds from the host clock (0 if the host cannot tell).
+pub fn now_ns() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+pub fn ns_to_ms(ns: u64) -> u64 {
+    ns / 1_000_000
+}
+
+fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+/// A string attribute such as `source.address`; empty when absent.
+pub fn property_text(path: &[&str]) -> String {
+    property(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default()
+}
+
+/// An integer attribute such as `response.code` (Envoy encodes int64 as 8 little-endian bytes).
+pub fn property_int(path: &[&str]) -> Option<i64> {
+    let bytes: [u8; 8] = property(path)?.try_into().ok()?;
+    Some(i64::from_le_bytes(bytes))
+}
+
+/// Whether the downstream connection is TLS: Envoy sets `connection.tls_version` only then.
+pub fn downstream_tls() -> bool {
+    property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty())
+}
+
+/// Per-VM seed for generated ids: std's RandomState draws from the host's random source.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(now_ns());
+    hasher.finish()
+}

@@ -1,0 +1,216 @@
+//! One HTTP stream: copies what passes into the two records and hands them to the worker's
+//! shipper. Every callback returns `Continue`; nothing here holds or changes client traffic.
+
+use super::host::{downstream_tls, now_ns, ns_to_ms, property_int, property_text};
+use super::worker::SharedWorker;
+use crate::body::BodyCapture;
+use crate::record::{header_text, split_pseudo_headers, RequestRecord, ResponseRecord};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+pub struct MirrorStream {
+    worker: Option<SharedWorker>,
+    /// The request being captured; `None` once it has been queued.
+    request: Option<RequestRecord>,
+    request_queued: bool,
+    request_ts_ns: u64,
+    id: String,
+    response: ResponseRecord,
+    response_started: bool,
+}
+
+impl MirrorStream {
+    pub fn new(worker: Option<SharedWorker>) -> Self {
+        MirrorStream {
+            worker,
+            request: None,
+            request_queued: false,
+            request_ts_ns: 0,
+            id: String::new(),
+            response: ResponseRecord::default(),
+            response_started: false,
+        }
+    }
+
+    fn body_caps(&self) -> (u64, u64) {
+        self.worker
+            .as_ref()
+            .and_then(|w| w.try_borrow().ok())
+            .map_or((0, 0), |w| {
+                let capture = &w.config.capture;
+                (capture.request_body_max, capture.response_body_max)
+            })
+    }
+
+    fn next_id(&self) -> String {
+        self.worker
+            .as_ref()
+            .and_then(|w| w.try_borrow_mut().ok())
+            .map(|mut w| w.ids.next_id())
+            .unwrap_or_default()
+    }
+
+    fn start_request(&mut self) {
+        let ts_ns = now_ns();
+        let (pseudo, headers) = split_pseudo_headers(self.get_http_request_headers_bytes());
+        let id = match header_text(&headers, "x-request-id") {
+            Some(id) if !id.is_empty() => id,
+            _ => self.next_id(),
+        };
+        let (request_cap, response_cap) = self.body_caps();
+        let text = |name| header_text(&pseudo, name).unwrap_or_default();
+        self.request = Some(RequestRecord {
+            id: id.clone(),
+            ts_ns,
+            method: text(":method"),
+            scheme: text(":scheme"),
+            authority: text(":authority"),
+            path: text(":path"),
+            protocol: property_text(&["request", "protocol"]),
+            source: property_text(&["source", "address"]),
+            destination: property_text(&["destination", "address"]),
+            tls: downstream_tls(),
+            headers,
+            trailers: Vec::new(),
+            body: BodyCapture::new(request_cap),
+            complete: false,
+        });
+        self.response.body = BodyCapture::new(response_cap);
+        self.request_ts_ns = ts_ns;
+        self.id = id;
+    }
+
+    /// Queues the request record; called once, at the request's end or the stream's.
+    fn queue_request(&mut self, complete: bool) {
+        if self.request_queued {
+            return;
+        }
+        self.request_queued = true;
+        let mut request = self.request.take().unwrap_or_else(|| {
+            // The stream ended before request headers were seen: still pair the response.
+            let ts_ns = now_ns();
+            self.request_ts_ns = ts_ns;
+            self.id = self.next_id();
+            RequestRecord {
+                id: self.id.clone(),
+                ts_ns,
+                ..RequestRecord::default()
+            }
+        });
+        request.complete = complete;
+        if let Some(worker) = &self.worker {
+            if let Ok(mut worker) = worker.try_borrow_mut() {
+                worker.shipper.capture_request(&request, ns_to_ms(now_ns()));
+            }
+        }
+    }
+
+    fn queue_response(&mut self) {
+        let end_ns = now_ns();
+        let mut response = std::mem::take(&mut self.response);
+        response.id = std::mem::take(&mut self.id);
+        if !self.response_started {
+            response.ts_ns = end_ns;
+        }
+        if response.status == 0 {
+            // Headers never reached this filter (e.g. a reset): take what Envoy recorded.
+            response.status = property_int(&["response", "code"])
+                .and_then(|code| u32::try_from(code).ok())
+                .unwrap_or(0);
+        }
+        response.details = property_text(&["response", "code_details"]);
+        response.duration_us = end_ns.saturating_sub(self.request_ts_ns) / 1000;
+        if let Some(worker) = &self.worker {
+            if let Ok(mut worker) = worker.try_borrow_mut() {
+                worker.shipper.capture_response(&response, ns_to_ms(end_ns));
+            }
+        }
+    }
+}
+
+impl Context for MirrorStream {}
+
+impl HttpContext for MirrorStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.worker.is_some() {
+            self.start_request();
+            if end_of_stream {
+                self.queue_request(true);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let wanted = self
+            .request
+            .as_ref()
+            .map_or(0, |r| r.body.wanted(body_size));
+        let chunk = if wanted > 0 {
+            self.get_http_request_body(0, wanted).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if let Some(request) = &mut self.request {
+            request.body.add(body_size, &chunk);
+            if end_of_stream {
+                self.queue_request(true);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.request.is_some() {
+            let trailers = self.get_http_request_trailers_bytes();
+            if let Some(request) = &mut self.request {
+                request.trailers = trailers;
+            }
+            self.queue_request(true);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.worker.is_some() {
+            let (pseudo, headers) = split_pseudo_headers(self.get_http_response_headers_bytes());
+            self.response.ts_ns = now_ns();
+            self.response.status = header_text(&pseudo, ":status")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            self.response.headers = headers;
+            self.response.complete = end_of_stream;
+            self.response_started = true;
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.response_started {
+            let wanted = self.response.body.wanted(body_size);
+            let chunk = if wanted > 0 {
+                self.get_http_response_body(0, wanted).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            self.response.body.add(body_size, &chunk);
+            self.response.complete = end_of_stream;
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.response_started {
+            self.response.trailers = self.get_http_response_trailers_bytes();
+            self.response.complete = true;
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.worker.is_some() {
+            self.queue_request(false);
+            self.queue_response();
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! State shared by the root context and the stream contexts of one worker's VM.
+
+use crate::config::Config;
+use crate::request_id::IdGenerator;
+use crate::shipper::Shipper;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+#[derive(Debug)]
+pub struct Worker {
+    pub config: Config,
+    pub shipper: Shipper,
+    pub ids: IdGenerator,
+}
+
+/// One VM runs on one thread: `Rc<RefCell>` is the whole synchronisation needed.
+pub type SharedWorker = Rc<RefCell<Worker>>;
+
+impl Worker {
+    pub fn shared(config: Config, seed: u64) -> SharedWorker {
+        Rc::new(RefCell::new(Worker {
+            shipper: Shipper::new(&config),
+            ids: IdGenerator::new(seed),
+            config,
+        }))
+    }
+}

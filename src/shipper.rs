@@ -1,0 +1,279 @@
+//! The per-worker shipping logic, host-free: encodes captured records into the batch queue,
+//! decides when a batch goes out (thresholds, flush timer, in-flight bound, backoff) and
+//! accounts for every record's fate. The filter layer only moves bytes to and from Envoy.
+
+use crate::accounting::{BatchFailure, Counters, Gauges};
+use crate::backoff::{Backoff, Permit};
+use crate::batch::{Batch, BatchQueue, Push};
+use crate::config::Config;
+use crate::encode::{encode_request, encode_response};
+use crate::record::{RequestRecord, ResponseRecord};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    records: u64,
+    bytes: u64,
+    sent_ms: u64,
+}
+
+/// How a dispatched batch ended, as far as the host tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// No response headers: the call was reset or timed out.
+    NoResponse,
+    /// The node answered with this `:status` (0 if unreadable).
+    Status(u32),
+}
+
+#[derive(Debug)]
+pub struct Shipper {
+    timeout_ms: u64,
+    queue: BatchQueue,
+    backoff: Backoff,
+    counters: Counters,
+    inflight: HashMap<u32, InFlight>,
+    /// Reused encoding buffer: one allocation per worker, not per record.
+    scratch: Vec<u8>,
+}
+
+impl Shipper {
+    pub fn new(config: &Config) -> Self {
+        Shipper {
+            timeout_ms: config.node.timeout_ms,
+            queue: BatchQueue::new(&config.batch),
+            backoff: Backoff::default(),
+            counters: Counters::default(),
+            inflight: HashMap::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn capture_request(&mut self, record: &RequestRecord, now_ms: u64) {
+        self.scratch.clear();
+        encode_request(record, &mut self.scratch);
+        self.admit(record.body.truncated(), now_ms);
+    }
+
+    pub fn capture_response(&mut self, record: &ResponseRecord, now_ms: u64) {
+        self.scratch.clear();
+        encode_response(record, &mut self.scratch);
+        self.admit(record.body.truncated(), now_ms);
+    }
+
+    fn admit(&mut self, truncated: bool, now_ms: u64) {
+        self.counters.records_captured += 1;
+        if truncated {
+            self.counters.bodies_truncated += 1;
+        }
+        if self.queue.push(&self.scratch, now_ms) == Push::QueueFull {
+            self.counters.records_dropped_queue_full += 1;
+        }
+        // An unusually large record must not pin its capacity for the worker's lifetime.
+        if self.scratch.capacity() > 256 * 1024 {
+            self.scratch = Vec::new();
+        }
+    }
+
+    /// Whether `next_batch` would return a batch now; cheap enough to ask on every tick.
+    pub fn wants_dispatch(&self, now_ms: u64) -> bool {
+        self.backoff.permit(now_ms, self.queue.inflight()) != Permit::Wait
+            && self.queue.has_ready(now_ms)
+    }
+
+    /// The next batch to dispatch, if any is due and allowed. Report its fate with
+    /// `dispatched` (then `reply`) or `dispatch_failed`.
+    pub fn next_batch(&mut self, now_ms: u64) -> Option<Batch> {
+        match self.backoff.permit(now_ms, self.queue.inflight()) {
+            Permit::Wait => None,
+            Permit::Send => self.queue.take_ready(now_ms),
+            Permit::Probe => {
+                let batch = self.queue.take_ready(now_ms)?;
+                self.backoff.probe_sent();
+                Some(batch)
+            }
+        }
+    }
+
+    /// The host accepted the batch under `token`; its buffer can be reused.
+    pub fn dispatched(&mut self, token: u32, batch: Batch, now_ms: u64) {
+        let entry = InFlight {
+            records: batch.records,
+            bytes: batch.body.len() as u64,
+            sent_ms: now_ms,
+        };
+        self.inflight.insert(token, entry);
+        self.queue.recycle(batch.body);
+    }
+
+    /// The host refused the batch synchronously.
+    pub fn dispatch_failed(&mut self, batch: Batch, now_ms: u64) {
+        self.queue.finish(batch.records);
+        self.fail(batch.records, BatchFailure::Dispatch, now_ms);
+        self.queue.recycle(batch.body);
+    }
+
+    /// The reply (or failure) of the batch sent under `token`. Unknown tokens are ignored.
+    pub fn reply(&mut self, token: u32, reply: Reply, now_ms: u64) {
+        let Some(sent) = self.inflight.remove(&token) else {
+            return;
+        };
+        self.queue.finish(sent.records);
+        match reply {
+            Reply::Status(status) if (200..300).contains(&status) => {
+                self.counters.batch_acknowledged(sent.records, sent.bytes);
+                self.backoff.succeeded();
+            }
+            Reply::Status(_) => self.fail(sent.records, BatchFailure::Status, now_ms),
+            Reply::NoResponse => {
+                // The host reports a timeout and a reset alike; the elapsed time tells them apart.
+                let timed_out = now_ms.saturating_sub(sent.sent_ms) >= self.timeout_ms;
+                let failure = if timed_out {
+                    BatchFailure::Timeout
+                } else {
+                    BatchFailure::Reset
+                };
+                self.fail(sent.records, failure, now_ms);
+            }
+        }
+    }
+
+    fn fail(&mut self, records: u64, failure: BatchFailure, now_ms: u64) {
+        self.counters.batch_failed(records, failure);
+        if self.backoff.failed(now_ms) {
+            self.counters.backoffs += 1;
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            queued_bytes: self.queue.queued_bytes(),
+            queued_records: self.queue.queued_records(),
+            inflight_records: self.queue.inflight_records(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounting::balanced;
+    use crate::backoff::{FAILURES_BEFORE_BACKOFF, FIRST_BACKOFF_MS};
+    use crate::body::BodyCapture;
+
+    fn config(max_records: u64) -> Config {
+        let mut config = Config::parse(br#"{"node":{"cluster":"n","timeout_ms":100}}"#).unwrap();
+        config.batch.max_records = max_records;
+        config.batch.flush_ms = 10;
+        config.batch.max_inflight = 2;
+        config
+    }
+
+    fn request(id: &str) -> RequestRecord {
+        RequestRecord {
+            id: id.into(),
+            complete: true,
+            ..RequestRecord::default()
+        }
+    }
+
+    fn assert_balanced(s: &Shipper) {
+        assert!(
+            balanced(s.counters(), &s.gauges()),
+            "{:?} {:?}",
+            s.counters(),
+            s.gauges()
+        );
+    }
+
+    #[test]
+    fn a_full_batch_ships_and_is_acknowledged() {
+        let mut s = Shipper::new(&config(2));
+        s.capture_request(&request("a"), 0);
+        assert!(!s.wants_dispatch(0));
+        s.capture_response(
+            &ResponseRecord {
+                id: "a".into(),
+                ..ResponseRecord::default()
+            },
+            0,
+        );
+        assert!(s.wants_dispatch(0));
+        let batch = s.next_batch(0).unwrap();
+        assert_eq!(batch.records, 2);
+        let bytes = batch.body.len() as u64;
+        s.dispatched(7, batch, 0);
+        assert_balanced(&s);
+        assert_eq!(s.gauges().inflight_records, 2);
+        s.reply(7, Reply::Status(204), 1);
+        assert_eq!(s.counters().records_sent, 2);
+        assert_eq!(s.counters().batches_sent, 1);
+        assert_eq!(s.counters().bytes_sent, bytes);
+        assert_eq!(s.gauges(), Gauges::default());
+        assert_balanced(&s);
+        s.reply(7, Reply::Status(204), 1);
+        assert_eq!(s.counters().batches_sent, 1, "a token counts once");
+    }
+
+    #[test]
+    fn failures_are_classified_and_records_dropped() {
+        let mut s = Shipper::new(&config(1));
+        for id in ["a", "b", "c", "d"] {
+            s.capture_request(&request(id), 0);
+        }
+        let b1 = s.next_batch(0).unwrap();
+        s.dispatched(1, b1, 0);
+        let b2 = s.next_batch(0).unwrap();
+        s.dispatched(2, b2, 0);
+        assert!(s.next_batch(0).is_none(), "in-flight bound");
+        s.reply(1, Reply::NoResponse, 5);
+        s.reply(2, Reply::NoResponse, 100);
+        let b3 = s.next_batch(100).unwrap();
+        s.dispatch_failed(b3, 100);
+        let c = *s.counters();
+        assert_eq!(c.batches_failed_reset, 1);
+        assert_eq!(c.batches_failed_timeout, 1);
+        assert_eq!(c.batches_failed_dispatch, 1);
+        assert_eq!(c.records_dropped_node_failure, 3);
+        assert_eq!(c.backoffs, 1);
+        assert_balanced(&s);
+        assert!(s.next_batch(100).is_none(), "backing off");
+        let probe = s.next_batch(100 + FIRST_BACKOFF_MS).unwrap();
+        s.dispatched(3, probe, 100 + FIRST_BACKOFF_MS);
+        s.reply(3, Reply::Status(500), 101 + FIRST_BACKOFF_MS);
+        assert_eq!(s.counters().batches_failed_status, 1);
+        assert_eq!(s.counters().backoffs, 2);
+        assert_balanced(&s);
+    }
+
+    #[test]
+    fn queue_full_drops_are_counted() {
+        let mut config = config(1000);
+        config.batch.max_bytes = 4096;
+        config.batch.max_queue_bytes = 4096;
+        let mut s = Shipper::new(&config);
+        let mut big = request("big");
+        big.body = BodyCapture::new(3000);
+        big.body.add(3000, &[b'x'; 3000]);
+        s.capture_request(&big, 0);
+        s.capture_request(&big, 0);
+        assert_eq!(s.counters().records_captured, 2);
+        assert_eq!(s.counters().records_dropped_queue_full, 1);
+        assert_balanced(&s);
+        assert_eq!(FAILURES_BEFORE_BACKOFF, 3);
+    }
+
+    #[test]
+    fn truncated_bodies_are_counted() {
+        let mut s = Shipper::new(&config(10));
+        let mut r = request("t");
+        r.body = BodyCapture::new(1);
+        r.body.add(2, b"ab");
+        s.capture_request(&r, 0);
+        assert_eq!(s.counters().bodies_truncated, 1);
+    }
+}
