@@ -1,0 +1,201 @@
+//! `oob-mirror-sink`: a stand-alone analysis node that prints every record it
+//! receives as one line of JSON on stdout.
+//!
+//! Scripts wait for `listening on ADDR` on stderr before sending traffic.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oob_mirror_sink::{to_json_line, BatchInfo, Behavior, Node, NodeConfig};
+use tokio::signal::unix::{signal, SignalKind};
+
+const USAGE: &str = "\
+usage: oob-mirror-sink [--listen ADDR] [--status CODE] [--delay-ms MS]
+
+Receives oob-mirror batches (HTTP/1.1 or h2c, POST on any path) and prints
+each record as one JSON line on stdout.
+
+  --listen ADDR   address to listen on (default 127.0.0.1:9090; port 0 = any)
+  --status CODE   status to answer every batch with (default 204)
+  --delay-ms MS   answer 200 after MS milliseconds (default 0)
+";
+
+struct Args {
+    listen: SocketAddr,
+    behavior: Behavior,
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("oob-mirror-sink: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oob-mirror-sink: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> io::Result<()> {
+    // The node has its own runtime; this one only waits for signals.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Signal handlers go in before readiness is announced, so a script that
+    // sends SIGTERM right after `listening on` still gets a clean exit.
+    let (mut interrupt, mut terminate) = {
+        let _context = runtime.enter();
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
+    };
+
+    let mut node = Node::start_with(NodeConfig {
+        addr: args.listen,
+        behavior: args.behavior,
+        // Records are printed, not kept: the process may run for long.
+        retain: false,
+        on_batch: Some(Arc::new(print_batch)),
+    })?;
+    eprintln!("listening on {}", node.addr());
+
+    runtime.block_on(async {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    });
+    node.stop();
+    Ok(())
+}
+
+/// Prints the batch's records with a single write, so lines of concurrent
+/// batches never interleave, and flushes so readers see them at once.
+fn print_batch(batch: &BatchInfo) {
+    if let Some(e) = &batch.error {
+        eprintln!("oob-mirror-sink: batch on {} rejected: {e}", batch.path);
+        return;
+    }
+    let mut out = String::new();
+    for record in &batch.records {
+        match to_json_line(record) {
+            Ok(line) => {
+                out.push_str(&line);
+                out.push('\n');
+            }
+            Err(e) => eprintln!("oob-mirror-sink: cannot render record: {e}"),
+        }
+    }
+    let mut stdout = io::stdout().lock();
+    // A closed stdout (reader gone) is not worth dying for: keep acking.
+    let _ = stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
+/// `Ok(None)` means help was asked for.
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+    let mut listen = SocketAddr::from(([127, 0, 0, 1], 9090));
+    let mut status: Option<u16> = None;
+    let mut delay_ms: u64 = 0;
+    while let Some(arg) = it.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg, None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--listen" => {
+                let v = value()?;
+                listen = v
+                    .parse()
+                    .map_err(|_| format!("--listen: not an ip:port address: {v}"))?;
+            }
+            "--status" => {
+                let v = value()?;
+                let code: u16 = v
+                    .parse()
+                    .map_err(|_| format!("--status: not a number: {v}"))?;
+                if !(100..=999).contains(&code) {
+                    return Err(format!("--status: not an HTTP status: {code}"));
+                }
+                status = Some(code);
+            }
+            "--delay-ms" => {
+                let v = value()?;
+                delay_ms = v
+                    .parse()
+                    .map_err(|_| format!("--delay-ms: not a number: {v}"))?;
+            }
+            other => return Err(format!("unknown argument: {other}")),
+        }
+    }
+    let behavior = match (status, delay_ms) {
+        (None, 0) => Behavior::Ok,
+        (Some(code), 0) => Behavior::Status(code),
+        (None, ms) => Behavior::Delay(Duration::from_millis(ms)),
+        (Some(_), _) => return Err("--delay-ms always answers 200; drop --status".into()),
+    };
+    Ok(Some(Args { listen, behavior }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Args>, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse(&[]).unwrap().unwrap();
+        assert_eq!(a.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(a.behavior, Behavior::Ok);
+    }
+
+    #[test]
+    fn flags() {
+        let a = parse(&["--listen", "127.0.0.1:0", "--status=500"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.listen.port(), 0);
+        assert_eq!(a.behavior, Behavior::Status(500));
+        let a = parse(&["--delay-ms", "250"]).unwrap().unwrap();
+        assert_eq!(a.behavior, Behavior::Delay(Duration::from_millis(250)));
+        let a = parse(&["--status", "204", "--delay-ms", "0"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.behavior, Behavior::Status(204));
+    }
+
+    #[test]
+    fn errors() {
+        assert!(parse(&["--status", "5000"]).is_err());
+        assert!(parse(&["--listen"]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
+        assert!(parse(&["--status", "500", "--delay-ms", "10"]).is_err());
+        assert!(parse(&["-h"]).unwrap().is_none());
+    }
+}

@@ -1,0 +1,637 @@
+//! An in-process analysis node for tests and the CLI.
+//!
+//! [`Node`] is an HTTP server (HTTP/1.1 and HTTP/2 with prior knowledge,
+//! "h2c", detected per connection) that takes `POST` batches on any path,
+//! decodes them and keeps what it saw. It runs its own tokio runtime on a
+//! background thread so plain synchronous `#[test]` functions can use it;
+//! every method is synchronous and quick, except the `wait_*` ones, which
+//! block (use the `*_async` variants from async code).
+//!
+//! How it answers is set at run time with [`Node::set_behavior`], to play a
+//! healthy, failing, slow or dead node. [`Node::stop`] kills it (open
+//! connections are dropped, the port is freed) and [`Node::restart`] brings
+//! it back on the same address, for node-down tests.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{oneshot, Notify};
+
+use crate::decode::{decode_batch, DecodeError};
+use crate::record::Record;
+
+/// Largest batch body accepted; far above the filter's `batch.max_bytes`
+/// default (1 MiB), it only guards the test process against runaway input.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// How the node answers a well-formed batch. A batch that does not decode is
+/// always answered `400`, as a real node would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Behavior {
+    /// Acknowledge at once with `204 No Content`.
+    #[default]
+    Ok,
+    /// Answer at once with this status (e.g. `500`; a `2xx` acknowledges).
+    /// A number that is no valid status is answered `500`.
+    Status(u16),
+    /// Acknowledge with `200 OK` after this delay.
+    Delay(Duration),
+    /// Never answer; the request stays open until the client gives up or the
+    /// node stops.
+    Hang,
+}
+
+/// One batch as received. Recorded when it arrives, before it is answered,
+/// so a batch held by [`Behavior::Hang`] or [`Behavior::Delay`] is visible.
+#[derive(Debug, Clone)]
+pub struct BatchInfo {
+    /// Request path, with the query string if any.
+    pub path: String,
+    /// `"HTTP/1.1"` or `"HTTP/2.0"`.
+    pub http_version: String,
+    /// `:authority` for HTTP/2, the `Host` header for HTTP/1.1.
+    pub authority: Option<String>,
+    pub headers: HeaderMap,
+    /// Size of the body in bytes.
+    pub body_len: usize,
+    /// The decoded records; empty when `error` is set.
+    pub records: Vec<Record>,
+    pub error: Option<DecodeError>,
+    /// The behaviour in force when the batch arrived, i.e. how it was (or
+    /// will be) answered if it decoded.
+    pub behavior: Behavior,
+    pub received_at: Instant,
+}
+
+impl BatchInfo {
+    /// A request header as text (`None` when absent or not visible ASCII).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The count announced in `x-oob-mirror-records`.
+    pub fn declared_records(&self) -> Option<usize> {
+        self.header("x-oob-mirror-records")?.trim().parse().ok()
+    }
+}
+
+/// Called for every batch, on the node's thread, before the batch is stored.
+pub type BatchHook = Arc<dyn Fn(&BatchInfo) + Send + Sync>;
+
+/// How to start a [`Node`]; `NodeConfig::default()` is what [`Node::start`]
+/// uses.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// Address to listen on; port `0` picks a free port.
+    pub addr: SocketAddr,
+    pub behavior: Behavior,
+    /// Keep every batch in memory for [`Node::batches`] and
+    /// [`Node::records`]. A long-running CLI turns this off and relies on
+    /// `on_batch`; counts are kept either way.
+    pub retain: bool,
+    pub on_batch: Option<BatchHook>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            behavior: Behavior::Ok,
+            retain: true,
+            on_batch: None,
+        }
+    }
+}
+
+impl fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("addr", &self.addr)
+            .field("behavior", &self.behavior)
+            .field("retain", &self.retain)
+            .field("on_batch", &self.on_batch.is_some())
+            .finish()
+    }
+}
+
+/// Why a `wait_*` call returned without what it waited for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitError {
+    /// The deadline passed; `got` is how many there were then.
+    Timeout { wanted: usize, got: usize },
+    /// A batch failed to decode: a writer bug, so waiting longer is pointless.
+    Decode(DecodeError),
+}
+
+impl fmt::Display for WaitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitError::Timeout { wanted, got } => {
+                write!(f, "timed out waiting for {wanted}, got {got}")
+            }
+            WaitError::Decode(e) => write!(f, "a batch failed to decode: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for WaitError {}
+
+/// A running (or stopped) test node. Dropping it stops it.
+pub struct Node {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: Option<Server>,
+}
+
+/// State shared by the test thread and the server tasks.
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes synchronous waiters.
+    changed: Condvar,
+    /// Wakes asynchronous waiters.
+    notify: Notify,
+    retain: bool,
+    on_batch: Option<BatchHook>,
+}
+
+#[derive(Default)]
+struct State {
+    behavior: Behavior,
+    batches: Vec<BatchInfo>,
+    batch_count: usize,
+    record_count: usize,
+    errors: Vec<DecodeError>,
+}
+
+/// The background thread serving one bind of the node.
+struct Server {
+    shutdown: oneshot::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts a node on `127.0.0.1` with a free port, answering `204`.
+    pub fn start() -> io::Result<Node> {
+        Node::start_with(NodeConfig::default())
+    }
+
+    /// Starts a node on a given address (e.g. the one of a stopped node).
+    pub fn start_on(addr: SocketAddr) -> io::Result<Node> {
+        Node::start_with(NodeConfig {
+            addr,
+            ..NodeConfig::default()
+        })
+    }
+
+    pub fn start_with(config: NodeConfig) -> io::Result<Node> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                behavior: config.behavior,
+                ..State::default()
+            }),
+            changed: Condvar::new(),
+            notify: Notify::new(),
+            retain: config.retain,
+            on_batch: config.on_batch,
+        });
+        let (addr, server) = Server::spawn(config.addr, Arc::clone(&shared))?;
+        Ok(Node {
+            addr,
+            shared,
+            server: Some(server),
+        })
+    }
+
+    /// The bound address (with the real port when `0` was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `http://ADDR`, to build URLs or cluster configs.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// Changes how batches arriving from now on are answered.
+    pub fn set_behavior(&self, behavior: Behavior) {
+        self.shared.lock().behavior = behavior;
+    }
+
+    pub fn behavior(&self) -> Behavior {
+        self.shared.lock().behavior
+    }
+
+    /// Every batch received so far (empty when `retain` is off).
+    pub fn batches(&self) -> Vec<BatchInfo> {
+        self.shared.lock().batches.clone()
+    }
+
+    /// Every record of every batch received so far, in arrival order.
+    pub fn records(&self) -> Vec<Record> {
+        all_records(&self.shared.lock())
+    }
+
+    pub fn batch_count(&self) -> usize {
+        self.shared.lock().batch_count
+    }
+
+    pub fn record_count(&self) -> usize {
+        self.shared.lock().record_count
+    }
+
+    /// Decoding errors of the batches received so far.
+    pub fn errors(&self) -> Vec<DecodeError> {
+        self.shared.lock().errors.clone()
+    }
+
+    /// Forgets every batch, record and error seen so far.
+    pub fn clear(&self) {
+        let mut state = self.shared.lock();
+        state.batches.clear();
+        state.batch_count = 0;
+        state.record_count = 0;
+        state.errors.clear();
+    }
+
+    /// Blocks until at least `n` records have arrived and returns all of them
+    /// (possibly more than `n`). Fails early if a batch did not decode.
+    pub fn wait_for_records(&self, n: usize, timeout: Duration) -> Result<Vec<Record>, WaitError> {
+        self.wait_sync(timeout, |s| check_records(s, n))
+            .unwrap_or_else(|| Err(timeout_records(&self.shared.lock(), n)))
+    }
+
+    /// Blocks until at least `n` batches have arrived and returns all of
+    /// them. Batches that did not decode count too.
+    pub fn wait_for_batches(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<BatchInfo>, WaitError> {
+        self.wait_sync(timeout, |s| check_batches(s, n))
+            .unwrap_or_else(|| Err(timeout_batches(&self.shared.lock(), n)))
+    }
+
+    /// Blocks until `done` holds for the batches received (it is called on
+    /// each arrival); `false` on timeout.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[BatchInfo]) -> bool,
+    ) -> bool {
+        self.wait_sync(timeout, |s| done(&s.batches).then_some(()))
+            .is_some()
+    }
+
+    /// [`Node::wait_for_records`] for async code (needs a tokio runtime with
+    /// timers, as `#[tokio::test]` has).
+    pub async fn wait_for_records_async(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Record>, WaitError> {
+        match self.wait_async(timeout, |s| check_records(s, n)).await {
+            Some(result) => result,
+            None => Err(timeout_records(&self.shared.lock(), n)),
+        }
+    }
+
+    /// [`Node::wait_for_batches`] for async code.
+    pub async fn wait_for_batches_async(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<BatchInfo>, WaitError> {
+        match self.wait_async(timeout, |s| check_batches(s, n)).await {
+            Some(result) => result,
+            None => Err(timeout_batches(&self.shared.lock(), n)),
+        }
+    }
+
+    /// [`Node::wait_until`] for async code.
+    pub async fn wait_until_async(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[BatchInfo]) -> bool,
+    ) -> bool {
+        self.wait_async(timeout, |s| done(&s.batches).then_some(()))
+            .await
+            .is_some()
+    }
+
+    /// Kills the node: stops accepting, drops every open connection (pending
+    /// answers are never sent) and frees the port. What was received is
+    /// kept. Does nothing if already stopped.
+    pub fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+    }
+
+    /// Stops the node if running and starts it again on the same address,
+    /// keeping its behaviour and what it received.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        let (_, server) = Server::spawn(self.addr, Arc::clone(&self.shared))?;
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Waits on the condvar until `check` gives a result or the deadline
+    /// passes. `check` runs under the state lock, at once and after every
+    /// change, so no arrival can be missed between a check and the wait.
+    fn wait_sync<R>(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&State) -> Option<R>,
+    ) -> Option<R> {
+        let deadline = Instant::now() + clamp(timeout);
+        let mut state = self.shared.lock();
+        loop {
+            if let Some(result) = check(&state) {
+                return Some(result);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            if left.is_zero() {
+                return None;
+            }
+            state = match self.shared.changed.wait_timeout(state, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    async fn wait_async<R>(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&State) -> Option<R>,
+    ) -> Option<R> {
+        let deadline = tokio::time::Instant::now() + clamp(timeout);
+        loop {
+            // Register interest before checking, so an arrival between the
+            // check and the await still wakes us.
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let result = {
+                let state = self.shared.lock();
+                check(&state)
+            };
+            if result.is_some() {
+                return result;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("addr", &self.addr)
+            .field("running", &self.is_running())
+            .finish()
+    }
+}
+
+/// Caps a timeout so that adding it to "now" cannot overflow.
+fn clamp(timeout: Duration) -> Duration {
+    timeout.min(Duration::from_secs(365 * 24 * 3600))
+}
+
+fn all_records(state: &State) -> Vec<Record> {
+    state
+        .batches
+        .iter()
+        .flat_map(|b| b.records.iter().cloned())
+        .collect()
+}
+
+fn first_error(state: &State) -> Option<WaitError> {
+    state.errors.first().cloned().map(WaitError::Decode)
+}
+
+fn check_records(state: &State, n: usize) -> Option<Result<Vec<Record>, WaitError>> {
+    if let Some(e) = first_error(state) {
+        return Some(Err(e));
+    }
+    (state.record_count >= n).then(|| Ok(all_records(state)))
+}
+
+fn check_batches(state: &State, n: usize) -> Option<Result<Vec<BatchInfo>, WaitError>> {
+    if let Some(e) = first_error(state) {
+        return Some(Err(e));
+    }
+    (state.batch_count >= n).then(|| Ok(state.batches.clone()))
+}
+
+fn timeout_records(state: &State, n: usize) -> WaitError {
+    WaitError::Timeout {
+        wanted: n,
+        got: state.record_count,
+    }
+}
+
+fn timeout_batches(state: &State, n: usize) -> WaitError {
+    WaitError::Timeout {
+        wanted: n,
+        got: state.batch_count,
+    }
+}
+
+impl Shared {
+    /// Locks the state. A panic while holding the lock (only possible in a
+    /// caller's `wait_until` closure) leaves consistent data, so poisoning is
+    /// ignored rather than spreading the panic to every later call.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add(&self, batch: BatchInfo) {
+        if let Some(hook) = &self.on_batch {
+            hook(&batch);
+        }
+        {
+            let mut state = self.lock();
+            state.batch_count += 1;
+            state.record_count += batch.records.len();
+            if let Some(e) = &batch.error {
+                state.errors.push(e.clone());
+            }
+            if self.retain {
+                state.batches.push(batch);
+            }
+        }
+        self.changed.notify_all();
+        self.notify.notify_waiters();
+    }
+}
+
+impl Server {
+    /// Binds `addr` and serves it on a new thread with its own runtime.
+    /// Binding happens here, so errors (address in use…) reach the caller
+    /// and the port is accepting connections when this returns.
+    fn spawn(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<(SocketAddr, Server)> {
+        // One thread is plenty for a test node, and keeps many nodes cheap.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _context = runtime.enter();
+            bind(addr)?
+        };
+        let bound = listener.local_addr()?;
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("oob-mirror-sink {bound}"))
+            .spawn(move || {
+                runtime.block_on(serve(listener, shared, shutdown_rx));
+                // Dropping the runtime cancels every connection task, which
+                // closes their sockets: that is what makes `stop` a kill.
+                drop(runtime);
+            })?;
+        Ok((bound, Server { shutdown, thread }))
+    }
+
+    fn stop(self) {
+        // Errors only mean the thread is already gone.
+        let _ = self.shutdown.send(());
+        let _ = self.thread.join();
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Lets a restarted node bind again while connections of its previous
+    // life linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: oneshot::Receiver<()>) {
+    // `auto` reads the first bytes of each connection to tell an HTTP/2
+    // prior-knowledge preface from HTTP/1.1.
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let stream = tokio::select! {
+            // A dropped sender also ends the loop.
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(connection(builder.clone(), stream, Arc::clone(&shared)));
+    }
+}
+
+async fn connection(builder: auto::Builder<TokioExecutor>, stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |req| handle(req, Arc::clone(&shared)));
+    // A connection error (client reset, bad request) concerns that
+    // connection only.
+    let _ = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+type Reply = Response<Full<Bytes>>;
+
+async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Reply, Infallible> {
+    if req.method() != Method::POST {
+        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "POST batches only\n"));
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        // Too large, or the client went away mid-body: nothing to record.
+        Err(_) => return Ok(reply(StatusCode::PAYLOAD_TOO_LARGE, "")),
+    };
+    let (records, error) = match decode_batch(&body) {
+        Ok(records) => (records, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let behavior = shared.lock().behavior;
+    let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+        parts
+            .headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    });
+    let error_text = error.as_ref().map(|e| format!("{e}\n"));
+    shared.add(BatchInfo {
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.to_string()),
+        http_version: format!("{:?}", parts.version),
+        authority,
+        headers: parts.headers,
+        body_len: body.len(),
+        records,
+        error,
+        behavior,
+        received_at: Instant::now(),
+    });
+
+    if let Some(text) = error_text {
+        return Ok(reply(StatusCode::BAD_REQUEST, &text));
+    }
+    Ok(match behavior {
+        Behavior::Ok => reply(StatusCode::NO_CONTENT, ""),
+        Behavior::Status(code) => reply(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "",
+        ),
+        Behavior::Delay(delay) => {
+            tokio::time::sleep(delay).await;
+            reply(StatusCode::OK, "")
+        }
+        Behavior::Hang => std::future::pending().await,
+    })
+}
+
+fn reply(status: StatusCode, body: &str) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,152 @@
+//! Helpers shared by the integration tests: batches written by hand with
+//! `rmp`, and a bare hyper client.
+
+// Test-only helpers: clippy.toml allows unwrap & co. in `#[test]` functions
+// only, and a failed write here should fail the test just the same.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::error::Error;
+use std::net::SocketAddr;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::client::conn::{http1, http2};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rmp::encode as enc;
+use tokio::net::TcpStream;
+
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+fn str_entry(buf: &mut Vec<u8>, key: &str, value: &str) {
+    enc::write_str(buf, key).unwrap();
+    enc::write_str(buf, value).unwrap();
+}
+
+fn uint_entry(buf: &mut Vec<u8>, key: &str, value: u64) {
+    enc::write_str(buf, key).unwrap();
+    enc::write_uint(buf, value).unwrap();
+}
+
+fn bool_entry(buf: &mut Vec<u8>, key: &str, value: bool) {
+    enc::write_str(buf, key).unwrap();
+    enc::write_bool(buf, value).unwrap();
+}
+
+/// Appends a complete request record (13 common/request keys + headers)
+/// whose `x-bin` header is a bin value.
+pub fn push_request(buf: &mut Vec<u8>, id: &str, body: &[u8]) {
+    enc::write_map_len(buf, 18).unwrap();
+    uint_entry(buf, "v", 1);
+    str_entry(buf, "kind", "request");
+    str_entry(buf, "id", id);
+    uint_entry(buf, "ts_ns", 1);
+    str_entry(buf, "method", "PUT");
+    str_entry(buf, "scheme", "http");
+    str_entry(buf, "authority", "svc");
+    str_entry(buf, "path", "/x");
+    str_entry(buf, "protocol", "HTTP/2");
+    str_entry(buf, "source", "127.0.0.1:1");
+    str_entry(buf, "destination", "127.0.0.1:2");
+    bool_entry(buf, "tls", false);
+    enc::write_str(buf, "headers").unwrap();
+    enc::write_array_len(buf, 1).unwrap();
+    enc::write_array_len(buf, 2).unwrap();
+    enc::write_str(buf, "x-bin").unwrap();
+    enc::write_bin(buf, &[0xc3, 0x28]).unwrap();
+    enc::write_str(buf, "trailers").unwrap();
+    enc::write_array_len(buf, 0).unwrap();
+    enc::write_str(buf, "body").unwrap();
+    enc::write_bin(buf, body).unwrap();
+    uint_entry(buf, "body_size", body.len() as u64);
+    bool_entry(buf, "body_truncated", false);
+    bool_entry(buf, "complete", true);
+}
+
+pub fn push_response(buf: &mut Vec<u8>, id: &str, status: u64) {
+    enc::write_map_len(buf, 13).unwrap();
+    uint_entry(buf, "v", 1);
+    str_entry(buf, "kind", "response");
+    str_entry(buf, "id", id);
+    uint_entry(buf, "ts_ns", 2);
+    uint_entry(buf, "status", status);
+    str_entry(buf, "details", "via_upstream");
+    enc::write_str(buf, "headers").unwrap();
+    enc::write_array_len(buf, 0).unwrap();
+    enc::write_str(buf, "trailers").unwrap();
+    enc::write_array_len(buf, 0).unwrap();
+    enc::write_str(buf, "body").unwrap();
+    enc::write_bin(buf, b"ok").unwrap();
+    uint_entry(buf, "body_size", 2);
+    bool_entry(buf, "body_truncated", false);
+    bool_entry(buf, "complete", true);
+    uint_entry(buf, "duration_us", 10);
+}
+
+/// One exchange: its request and response records.
+pub fn exchange(id: &str) -> Vec<u8> {
+    let mut buf = Vec::new();
+    push_request(&mut buf, id, b"payload");
+    push_response(&mut buf, id, 200);
+    buf
+}
+
+/// POSTs a batch the way the filter does, over a new connection, with
+/// HTTP/2 prior knowledge when `h2`.
+pub async fn post(
+    addr: SocketAddr,
+    h2: bool,
+    records: usize,
+    body: Vec<u8>,
+) -> Result<StatusCode, BoxError> {
+    send(addr, h2, Method::POST, records, body).await
+}
+
+pub async fn send(
+    addr: SocketAddr,
+    h2: bool,
+    method: Method,
+    records: usize,
+    body: Vec<u8>,
+) -> Result<StatusCode, BoxError> {
+    let io = TokioIo::new(TcpStream::connect(addr).await?);
+    // HTTP/2 takes the authority from the URI, HTTP/1.1 from `Host`.
+    let uri = if h2 {
+        "http://oob-mirror/v1/records"
+    } else {
+        "/v1/records"
+    };
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/msgpack")
+        .header("x-oob-mirror-version", "1")
+        .header("x-oob-mirror-records", records.to_string());
+    if !h2 {
+        req = req.header("host", "oob-mirror");
+    }
+    let req = req.body(Full::new(Bytes::from(body)))?;
+    let status = if h2 {
+        let (mut sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        sender.send_request(req).await?.status()
+    } else {
+        let (mut sender, conn) = http1::handshake(io).await?;
+        tokio::spawn(conn);
+        sender.send_request(req).await?.status()
+    };
+    Ok(status)
+}
+
+/// [`post`] from synchronous code.
+pub fn post_blocking(
+    addr: SocketAddr,
+    h2: bool,
+    records: usize,
+    body: Vec<u8>,
+) -> Result<StatusCode, BoxError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(post(addr, h2, records, body))
+}
