@@ -178,15 +178,18 @@ fn at_most(field: &str, value: u64, max: u64) -> Result<(), ConfigError> {
 /// log line says which field is wrong.
 fn from_serde(err: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
     let path = err.path().to_string();
-    let field = if path.is_empty() || path == "." {
-        "configuration".to_owned()
-    } else {
-        path
+    let reason = err.into_inner().to_string();
+    // For a missing field serde stops at its parent; the field itself is only in the text.
+    let missing = reason
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    let field = match (path.as_str(), missing) {
+        ("" | ".", Some(name)) => name.to_owned(),
+        ("" | ".", None) => "configuration".to_owned(),
+        (parent, Some(name)) => format!("{parent}.{name}"),
+        (parent, None) => parent.to_owned(),
     };
-    ConfigError {
-        field,
-        reason: err.into_inner().to_string(),
-    }
+    ConfigError { field, reason }
 }
 
 #[cfg(test)]
@@ -229,7 +232,10 @@ mod tests {
     #[test]
     fn refusals_name_the_field() {
         assert_eq!(field_of(r#"{"node":{"cluster":""}}"#), "node.cluster");
-        assert_eq!(field_of(r#"{}"#), "configuration");
+        assert_eq!(field_of(r#"{}"#), "node");
+        assert_eq!(field_of(r#"{"node":{"timeout_ms":5}}"#), "node.cluster");
+        assert_eq!(field_of(r#""text""#), "configuration");
+        assert_eq!(field_of("not json"), "configuration");
         assert_eq!(field_of(""), "node.cluster");
         assert_eq!(field_of(r#"{"node":{"clustr":"x"}}"#), "node.clustr");
         assert_eq!(field_of(r#"{"node":{"cluster":"x"},"extra":1}"#), "extra");

@@ -22,8 +22,43 @@ struct InFlight {
 pub enum Reply {
     /// No response headers: the call was reset or timed out.
     NoResponse,
+    /// Envoy itself answered that the node could not be reached (connect failure, reset,
+    /// no healthy host).
+    EnvoyReset,
+    /// Envoy itself answered that the node did not answer in time.
+    EnvoyTimeout,
     /// The node answered with this `:status` (0 if unreadable).
     Status(u32),
+}
+
+/// Envoy answers a failed call to the node with its own 503/504 local reply; these body
+/// texts (Envoy's, stable across versions) tell it from a node that answered 503 itself.
+const ENVOY_RESET_BODIES: [&[u8]; 2] = [
+    b"upstream connect error or disconnect/reset before headers",
+    b"no healthy upstream",
+];
+const ENVOY_TIMEOUT_BODY: &[u8] = b"upstream request timeout";
+
+/// The longest body prefix `Reply::classify` looks at.
+pub const REPLY_BODY_PREFIX: usize = 64;
+
+impl Reply {
+    /// Classifies a reply from its `:status` (None: no headers at all) and the first bytes
+    /// of its body (read only for a non-2xx status).
+    pub fn classify(status: Option<u32>, body_prefix: &[u8]) -> Reply {
+        match status {
+            None => Reply::NoResponse,
+            Some(503 | 504) if body_prefix.starts_with(ENVOY_TIMEOUT_BODY) => Reply::EnvoyTimeout,
+            Some(503)
+                if ENVOY_RESET_BODIES
+                    .iter()
+                    .any(|b| body_prefix.starts_with(b)) =>
+            {
+                Reply::EnvoyReset
+            }
+            Some(status) => Reply::Status(status),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -125,6 +160,8 @@ impl Shipper {
                 self.backoff.succeeded();
             }
             Reply::Status(_) => self.fail(sent.records, BatchFailure::Status, now_ms),
+            Reply::EnvoyReset => self.fail(sent.records, BatchFailure::Reset, now_ms),
+            Reply::EnvoyTimeout => self.fail(sent.records, BatchFailure::Timeout, now_ms),
             Reply::NoResponse => {
                 // The host reports a timeout and a reset alike; the elapsed time tells them apart.
                 let timed_out = now_ms.saturating_sub(sent.sent_ms) >= self.timeout_ms;
@@ -248,6 +285,44 @@ mod tests {
         assert_eq!(s.counters().batches_failed_status, 1);
         assert_eq!(s.counters().backoffs, 2);
         assert_balanced(&s);
+    }
+
+    #[test]
+    fn envoy_local_replies_are_told_from_the_nodes_own() {
+        assert_eq!(Reply::classify(None, b""), Reply::NoResponse);
+        assert_eq!(Reply::classify(Some(204), b""), Reply::Status(204));
+        assert_eq!(
+            Reply::classify(Some(504), b"upstream request timeout"),
+            Reply::EnvoyTimeout
+        );
+        assert_eq!(
+            Reply::classify(
+                Some(503),
+                b"upstream connect error or disconnect/reset before headers. reset reason: x"
+            ),
+            Reply::EnvoyReset
+        );
+        assert_eq!(
+            Reply::classify(Some(503), b"no healthy upstream"),
+            Reply::EnvoyReset
+        );
+        assert_eq!(Reply::classify(Some(503), b"busy"), Reply::Status(503));
+        assert_eq!(Reply::classify(Some(504), b""), Reply::Status(504));
+        assert!(REPLY_BODY_PREFIX >= ENVOY_RESET_BODIES[0].len());
+
+        let mut s = Shipper::new(&config(1));
+        for id in ["a", "b", "c"] {
+            s.capture_request(&request(id), 0);
+        }
+        let b = s.next_batch(0).unwrap();
+        s.dispatched(1, b, 0);
+        let b = s.next_batch(0).unwrap();
+        s.dispatched(2, b, 0);
+        s.reply(1, Reply::EnvoyTimeout, 1);
+        s.reply(2, Reply::EnvoyReset, 1);
+        assert_eq!(s.counters().batches_failed_timeout, 1);
+        assert_eq!(s.counters().batches_failed_reset, 1);
+        assert_eq!(s.counters().batches_failed_status, 0);
     }
 
     #[test]

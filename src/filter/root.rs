@@ -6,11 +6,11 @@ use super::metrics::Metrics;
 use super::stream::MirrorStream;
 use super::worker::{SharedWorker, Worker};
 use crate::config::Config;
-use crate::shipper::Reply;
+use crate::shipper::{Reply, REPLY_BODY_PREFIX};
 use log::error;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, MapType};
+use proxy_wasm::types::{BufferType, ContextType, MapType};
 use std::time::Duration;
 
 /// Upper bound on the tick period: full batches wait at most this long for the root context.
@@ -80,22 +80,30 @@ impl Context for MirrorRoot {
         &mut self,
         token_id: u32,
         num_headers: usize,
-        _body_size: usize,
+        body_size: usize,
         _num_trailers: usize,
     ) {
         // Reading response headers after a reset (no headers) traps in the SDK: look only
         // when there are some.
-        let reply = if num_headers == 0 {
-            Reply::NoResponse
-        } else {
-            let status =
-                hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        let status = (num_headers > 0).then(|| {
+            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
+        // The body is only worth reading when it may be Envoy's own failure reply.
+        let body_prefix = match status {
+            Some(status) if !(200..300).contains(&status) && body_size > 0 => {
+                let len = body_size.min(REPLY_BODY_PREFIX);
+                hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, len)
                     .ok()
                     .flatten()
-                    .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u32>().ok())
-                    .unwrap_or(0);
-            Reply::Status(status)
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
         };
+        let reply = Reply::classify(status, &body_prefix);
         if let Some(worker) = &self.worker {
             if let Ok(mut worker) = worker.try_borrow_mut() {
                 worker.shipper.reply(token_id, reply, ns_to_ms(now_ns()));
