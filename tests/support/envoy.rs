@@ -1,0 +1,444 @@
+//! A real Envoy process per test: the bootstrap is rendered from code, every
+//! port is chosen by the kernel (admin and listener bind port 0 and are read
+//! back), and a drop guard always kills and reaps the process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::paths::{envoy_bin, wasm_module, TempDir};
+use super::raw_http;
+
+/// The plugin configuration the tests use unless they say otherwise.
+pub const DEFAULT_PLUGIN_JSON: &str =
+    r#"{"node":{"cluster":"oob_mirror_node","timeout_ms":500},"batch":{"flush_ms":20}}"#;
+
+/// How long Envoy may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Whether and how the oob-mirror filter is in the filter chain.
+#[derive(Debug, Clone)]
+pub enum Filter {
+    /// Plain proxy: no wasm filter (the baseline clients compare against).
+    None,
+    /// The oob-mirror filter first in the chain, with this plugin JSON.
+    OobMirror(String),
+}
+
+/// Per-test Envoy options.
+#[derive(Debug, Clone)]
+pub struct EnvoyConfig {
+    pub filter: Filter,
+    pub concurrency: u32,
+    pub upstream_port: u16,
+    pub node_port: u16,
+    /// Extra `--component-log-level` (e.g. `wasm:debug`).
+    pub component_log_level: Option<String>,
+}
+
+impl EnvoyConfig {
+    /// The filter with [`DEFAULT_PLUGIN_JSON`], concurrency 2.
+    pub fn new(upstream_port: u16, node_port: u16) -> EnvoyConfig {
+        EnvoyConfig {
+            filter: Filter::OobMirror(DEFAULT_PLUGIN_JSON.to_string()),
+            concurrency: 2,
+            upstream_port,
+            node_port,
+            component_log_level: None,
+        }
+    }
+
+    /// The same proxy without the filter.
+    pub fn without_filter(upstream_port: u16) -> EnvoyConfig {
+        EnvoyConfig {
+            filter: Filter::None,
+            concurrency: 2,
+            upstream_port,
+            node_port: super::ports::closed_port(),
+            component_log_level: None,
+        }
+    }
+
+    pub fn plugin(mut self, plugin_json: impl Into<String>) -> EnvoyConfig {
+        self.filter = Filter::OobMirror(plugin_json.into());
+        self
+    }
+
+    pub fn concurrency(mut self, n: u32) -> EnvoyConfig {
+        self.concurrency = n;
+        self
+    }
+
+    pub fn component_log_level(mut self, spec: impl Into<String>) -> EnvoyConfig {
+        self.component_log_level = Some(spec.into());
+        self
+    }
+
+    /// The bootstrap, as JSON (Envoy reads `.json` bootstraps).
+    pub fn bootstrap(&self) -> Value {
+        let mut http_filters = Vec::new();
+        if let Filter::OobMirror(plugin) = &self.filter {
+            http_filters.push(wasm_filter(&wasm_module(), plugin));
+        }
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+            }
+        }));
+        json!({
+            "admin": {
+                "address": socket_address(0)
+            },
+            "static_resources": {
+                "listeners": [{
+                    "name": "main",
+                    "address": socket_address(0),
+                    "filter_chains": [{
+                        "filters": [{
+                            "name": "envoy.filters.network.http_connection_manager",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                "stat_prefix": "ingress",
+                                "codec_type": "AUTO",
+                                "stream_idle_timeout": "30s",
+                                "request_timeout": "0s",
+                                "route_config": {
+                                    "name": "local",
+                                    "virtual_hosts": [{
+                                        "name": "all",
+                                        "domains": ["*"],
+                                        "routes": [{
+                                            "match": { "prefix": "/" },
+                                            "route": { "cluster": "upstream", "timeout": "30s" }
+                                        }]
+                                    }]
+                                },
+                                "http_filters": http_filters
+                            }
+                        }]
+                    }]
+                }],
+                "clusters": [
+                    {
+                        "name": "upstream",
+                        "type": "STATIC",
+                        "connect_timeout": "1s",
+                        "load_assignment": load_assignment("upstream", self.upstream_port),
+                        // Speak to the upstream in the client's protocol, so an
+                        // HTTP/2 client's trailers reach it and come back.
+                        "typed_extension_protocol_options": {
+                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                                "use_downstream_protocol_config": {
+                                    "http_protocol_options": {},
+                                    "http2_protocol_options": {}
+                                }
+                            }
+                        }
+                    },
+                    {
+                        "name": "oob_mirror_node",
+                        "type": "STATIC",
+                        "connect_timeout": "0.25s",
+                        "load_assignment": load_assignment("oob_mirror_node", self.node_port)
+                    }
+                ]
+            }
+        })
+    }
+}
+
+fn socket_address(port: u16) -> Value {
+    json!({ "socket_address": { "address": "127.0.0.1", "port_value": port } })
+}
+
+fn load_assignment(cluster: &str, port: u16) -> Value {
+    json!({
+        "cluster_name": cluster,
+        "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": socket_address(port) } }] }]
+    })
+}
+
+fn wasm_filter(module: &Path, plugin_json: &str) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "oob-mirror",
+                "root_id": "oob_mirror",
+                "failure_policy": "FAIL_OPEN",
+                "vm_config": {
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": { "local": { "filename": module.display().to_string() } }
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": plugin_json
+                }
+            }
+        }
+    })
+}
+
+/// A spawned Envoy whose outcome is not known yet.
+struct Spawned {
+    child: Option<Child>,
+    dir: TempDir,
+    log_path: PathBuf,
+    stderr_path: PathBuf,
+    admin_path: PathBuf,
+}
+
+impl Spawned {
+    fn spawn(config: &EnvoyConfig) -> Spawned {
+        let bin = envoy_bin();
+        let dir = TempDir::new("envoy");
+        let config_path = dir.path().join("envoy.json");
+        let log_path = dir.path().join("envoy.log");
+        let stderr_path = dir.path().join("stderr.log");
+        let admin_path = dir.path().join("admin-address.txt");
+        let bootstrap =
+            serde_json::to_string_pretty(&config.bootstrap()).expect("render bootstrap");
+        std::fs::write(&config_path, bootstrap).expect("write bootstrap");
+        let stderr = std::fs::File::create(&stderr_path).expect("create stderr.log");
+        let stdout = stderr.try_clone().expect("clone stderr.log");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-c")
+            .arg(&config_path)
+            .arg("--disable-hot-restart")
+            .arg("--concurrency")
+            .arg(config.concurrency.to_string())
+            .arg("--log-path")
+            .arg(&log_path)
+            .arg("-l")
+            .arg("info")
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        if let Some(spec) = &config.component_log_level {
+            cmd.arg("--component-log-level").arg(spec);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        Spawned {
+            child: Some(child),
+            dir,
+            log_path,
+            stderr_path,
+            admin_path,
+        }
+    }
+
+    fn logs(&self) -> String {
+        read_logs(&self.log_path, &self.stderr_path)
+    }
+
+    fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    fn admin_addr(&self) -> Option<SocketAddr> {
+        let text = std::fs::read_to_string(&self.admin_path).ok()?;
+        text.trim().parse().ok()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn read_logs(log_path: &Path, stderr_path: &Path) -> String {
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(stderr_path).unwrap_or_default();
+    if stderr.trim().is_empty() {
+        log
+    } else {
+        format!("{log}\n--- envoy stdout/stderr ---\n{stderr}")
+    }
+}
+
+/// How a start attempt ended.
+pub enum StartOutcome {
+    Ready(Envoy),
+    /// The process exited before becoming ready; its status and log.
+    Exited(ExitStatus, String),
+    /// Neither ready nor exited within the bound; the log so far.
+    TimedOut(String),
+}
+
+/// A running, ready Envoy. Dropping it kills and reaps the process; when the
+/// test is panicking, Envoy's log goes to stderr first.
+pub struct Envoy {
+    spawned: Spawned,
+    admin: SocketAddr,
+    listener: SocketAddr,
+}
+
+impl Envoy {
+    /// Starts Envoy and waits for readiness; fails the test (with Envoy's log)
+    /// if it exits or is not ready within [`READY_TIMEOUT`].
+    pub fn start(config: &EnvoyConfig) -> Envoy {
+        match Envoy::try_start(config, READY_TIMEOUT) {
+            StartOutcome::Ready(envoy) => envoy,
+            StartOutcome::Exited(status, log) => {
+                panic!("Envoy exited before it was ready ({status}); its log:\n{log}")
+            }
+            StartOutcome::TimedOut(log) => {
+                panic!("Envoy was not ready within {READY_TIMEOUT:?}; its log:\n{log}")
+            }
+        }
+    }
+
+    /// Starts Envoy and reports how that went (for configurations Envoy must refuse).
+    pub fn try_start(config: &EnvoyConfig, timeout: Duration) -> StartOutcome {
+        let mut spawned = Spawned::spawn(config);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = spawned.try_exit() {
+                // Reaped already; nothing left to kill.
+                spawned.child = None;
+                return StartOutcome::Exited(status, spawned.logs());
+            }
+            if let Some(admin) = spawned.admin_addr() {
+                let ready = raw_http::get(admin, "/ready", Duration::from_secs(2))
+                    .is_ok_and(|r| r.status == 200);
+                if ready {
+                    if let Some(listener) = listener_addr(admin) {
+                        return StartOutcome::Ready(Envoy {
+                            spawned,
+                            admin,
+                            listener,
+                        });
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return StartOutcome::TimedOut(spawned.logs());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The HTTP listener (HTTP/1.1 and HTTP/2, codec AUTO).
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// `http://127.0.0.1:<port><path>`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.listener, path)
+    }
+
+    /// Envoy's log so far (plus anything it wrote to stdout/stderr).
+    pub fn log(&self) -> String {
+        self.spawned.logs()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.spawned.dir.path()
+    }
+
+    /// GET on the admin interface.
+    pub fn admin_get(&self, path: &str) -> raw_http::RawResponse {
+        raw_http::get(self.admin, path, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("admin GET {path}: {e}"))
+    }
+
+    /// Whether the Envoy process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.spawned.try_exit().is_none()
+    }
+
+    /// Lines of Envoy's log that contain `critical` and mention wasm (should
+    /// be none).
+    pub fn critical_wasm_lines(&self) -> Vec<String> {
+        critical_wasm_lines(&self.log())
+    }
+
+    /// Asserts Envoy's log has no critical line about wasm, and no panic of the
+    /// module.
+    pub fn assert_no_critical_wasm(&self) {
+        let log = self.log();
+        let bad = critical_wasm_lines(&log);
+        assert!(
+            bad.is_empty(),
+            "Envoy logged critical wasm lines:\n{}",
+            bad.join("\n")
+        );
+        let panics: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("panicked at") || l.contains("wasm trap"))
+            .collect();
+        assert!(
+            panics.is_empty(),
+            "the module panicked / trapped:\n{}",
+            panics.join("\n")
+        );
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.spawned.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "===== Envoy log ({}) =====\n{}\n===== end of Envoy log =====",
+                self.spawned.log_path.display(),
+                self.spawned.logs()
+            );
+        }
+    }
+}
+
+/// Lines containing `critical` (case-insensitive) that mention wasm.
+pub fn critical_wasm_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| {
+            let lower = l.to_ascii_lowercase();
+            lower.contains("critical") && lower.contains("wasm")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The address the `main` listener is bound to, from the admin `/listeners`.
+fn listener_addr(admin: SocketAddr) -> Option<SocketAddr> {
+    let resp = raw_http::get(admin, "/listeners?format=json", Duration::from_secs(2)).ok()?;
+    if resp.status != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&resp.body).ok()?;
+    let statuses = v.get("listener_statuses")?.as_array()?;
+    let main = statuses
+        .iter()
+        .find(|s| s.get("name").and_then(Value::as_str) == Some("main"))?;
+    let sa = main.get("local_address")?.get("socket_address")?;
+    let ip = sa.get("address")?.as_str()?;
+    let port = sa.get("port_value")?.as_u64()?;
+    if port == 0 {
+        return None;
+    }
+    format!("{ip}:{port}").parse().ok()
+}

@@ -1,0 +1,112 @@
+//! The test analysis node (`oob-mirror-sink`) and helpers over its records.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub use oob_mirror_sink::{Behavior, HeaderValue, Kind, Node, Record};
+
+use super::wait::poll_until;
+
+/// Starts a node on a free port, acknowledging every batch.
+pub fn start_node() -> Node {
+    Node::start().expect("start the test node")
+}
+
+/// A str header value.
+pub fn s(v: &str) -> HeaderValue {
+    HeaderValue::Str(v.to_string())
+}
+
+/// `[(name, Str(value))]` from string pairs.
+pub fn str_headers(pairs: &[(&str, &str)]) -> Vec<(String, HeaderValue)> {
+    pairs
+        .iter()
+        .map(|(n, v)| ((*n).to_string(), s(v)))
+        .collect()
+}
+
+/// Fails the test if a batch did not decode.
+pub fn assert_no_decode_errors(node: &Node) {
+    let errors = node.errors();
+    assert!(errors.is_empty(), "batches failed to decode: {errors:?}");
+}
+
+/// Records with this id, in arrival order.
+pub fn with_id(records: &[Record], id: &str) -> Vec<Record> {
+    records.iter().filter(|r| r.id == id).cloned().collect()
+}
+
+/// Waits until the node holds a request and a response record for `id`, and
+/// returns them; fails if either kind appears more than once.
+pub fn wait_exchange(node: &Node, id: &str, timeout: Duration) -> (Record, Record) {
+    let found = poll_until(timeout, || {
+        let recs = with_id(&node.records(), id);
+        let has_req = recs.iter().any(Record::is_request);
+        let has_resp = recs.iter().any(Record::is_response);
+        (has_req && has_resp).then_some(recs)
+    });
+    assert_no_decode_errors(node);
+    if found.is_none() {
+        panic!(
+            "the node did not get both records of exchange {id:?} within {timeout:?}; \
+             records with that id: {:#?}\nall ids: {:?}",
+            with_id(&node.records(), id),
+            node.records()
+                .iter()
+                .map(|r| format!("{} {}", r.kind, r.id))
+                .collect::<Vec<_>>()
+        );
+    }
+    // Let a duplicate arrive if there is one, then check uniqueness.
+    std::thread::sleep(Duration::from_millis(50));
+    let recs = with_id(&node.records(), id);
+    let reqs: Vec<&Record> = recs.iter().filter(|r| r.is_request()).collect();
+    let resps: Vec<&Record> = recs.iter().filter(|r| r.is_response()).collect();
+    assert_eq!(reqs.len(), 1, "request records for {id:?}: {reqs:#?}");
+    assert_eq!(resps.len(), 1, "response records for {id:?}: {resps:#?}");
+    (reqs[0].clone(), resps[0].clone())
+}
+
+/// Waits until the node holds a request record for `id`.
+pub fn wait_request(node: &Node, id: &str, timeout: Duration) -> Option<Record> {
+    poll_until(timeout, || {
+        node.records()
+            .into_iter()
+            .find(|r| r.id == id && r.is_request())
+    })
+}
+
+/// Waits until exactly... at least `n` records arrived; fails with details.
+pub fn wait_records(node: &Node, n: usize, timeout: Duration) -> Vec<Record> {
+    match node.wait_for_records(n, timeout) {
+        Ok(r) => r,
+        Err(e) => panic!(
+            "waiting for {n} records: {e}; batches so far: {}",
+            node.batch_count()
+        ),
+    }
+}
+
+/// How many records of each kind carry each id.
+pub fn id_census(records: &[Record]) -> HashMap<String, (usize, usize)> {
+    let mut map: HashMap<String, (usize, usize)> = HashMap::new();
+    for r in records {
+        let e = map.entry(r.id.clone()).or_default();
+        if r.is_request() {
+            e.0 += 1;
+        } else if r.is_response() {
+            e.1 += 1;
+        }
+    }
+    map
+}
+
+/// Header list as printable pairs (for failure messages).
+pub fn show_headers(list: &[(String, HeaderValue)]) -> Vec<String> {
+    list.iter()
+        .map(|(n, v)| match v {
+            HeaderValue::Str(s) => format!("{n}: {s}"),
+            HeaderValue::Bin(b) => format!("{n}: <bin {b:02x?}>"),
+        })
+        .collect()
+}

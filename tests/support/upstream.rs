@@ -1,0 +1,319 @@
+//! The test upstream: a real hyper 1 server (HTTP/1.1 and h2c, auto-detected)
+//! on a free port, run by its own tokio runtime.
+//!
+//! Routes:
+//! - `/download/<n>`: `n` bytes of [`pattern`];
+//! - `/stream/<ms>`: [`STREAM_CHUNKS`] chunks spread over `<ms>` milliseconds;
+//! - `/trailers`: body [`TRAILERS_BODY`], plus trailer `x-checksum: abc` to an
+//!   HTTP/2 client;
+//! - `/upload-sha`: `{"len": <bytes received>, "fnv1a64": "<hex>"}`;
+//! - `/status/<code>`: that status with body `status <code>`;
+//! - anything else: echo, `200` with a JSON [`Echo`] of the request.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::channel::Channel;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{json, Value};
+
+pub const TRAILERS_BODY: &str = "trailers-body";
+pub const STREAM_CHUNKS: usize = 10;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// The deterministic download pattern: byte `i` is `i % 251`.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// FNV-1a 64 of `data`, as 16 hex digits.
+pub fn fnv1a64(data: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// One chunk of `/stream/<ms>`.
+pub fn stream_chunk(i: usize) -> String {
+    format!("chunk-{i}\n")
+}
+
+pub struct Upstream {
+    runtime: Option<tokio::runtime::Runtime>,
+    addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("test-upstream")
+            .enable_all()
+            .build()
+            .expect("upstream runtime");
+        let (std_listener, addr) = super::ports::bind_free();
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        handle(req)
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            runtime: Some(runtime),
+            addr,
+            requests,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert("x-upstream", HeaderValue::from_static("test"));
+    resp
+}
+
+fn header_list(map: &HeaderMap) -> Value {
+    Value::Array(
+        map.iter()
+            .map(|(n, v)| json!([n.as_str(), String::from_utf8_lossy(v.as_bytes())]))
+            .collect(),
+    )
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "other",
+    }
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let version = req.version();
+    if let Some(n) = path.strip_prefix("/download/") {
+        let n: usize = n.parse().unwrap_or(0);
+        let _ = req.into_body().collect().await;
+        return Ok(response(
+            StatusCode::OK,
+            "application/octet-stream",
+            full(pattern(n)),
+        ));
+    }
+    if let Some(ms) = path.strip_prefix("/stream/") {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        let _ = req.into_body().collect().await;
+        let (mut tx, body) = Channel::<Bytes, Infallible>::new(STREAM_CHUNKS);
+        let gap = Duration::from_millis(ms / STREAM_CHUNKS as u64);
+        tokio::spawn(async move {
+            for i in 0..STREAM_CHUNKS {
+                if tx.send_data(Bytes::from(stream_chunk(i))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(gap).await;
+            }
+        });
+        return Ok(response(StatusCode::OK, "text/plain", body.boxed()));
+    }
+    if path == "/trailers" {
+        let _ = req.into_body().collect().await;
+        if version == Version::HTTP_2 {
+            let (mut tx, body) = Channel::<Bytes, Infallible>::new(2);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send_data(Bytes::from_static(TRAILERS_BODY.as_bytes()))
+                    .await;
+                let mut trailers = HeaderMap::new();
+                trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+                let _ = tx.send_trailers(trailers).await;
+            });
+            return Ok(response(StatusCode::OK, "text/plain", body.boxed()));
+        }
+        return Ok(response(StatusCode::OK, "text/plain", full(TRAILERS_BODY)));
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let _ = req.into_body().collect().await;
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        return Ok(response(
+            status,
+            "text/plain",
+            full(format!("status {}", status.as_u16())),
+        ));
+    }
+    let method = req.method().to_string();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_default();
+    let headers = header_list(req.headers());
+    let collected = match req.into_body().collect().await {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(response(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                full(format!("body error: {e}")),
+            ))
+        }
+    };
+    let trailers = collected
+        .trailers()
+        .map(header_list)
+        .unwrap_or(Value::Array(Vec::new()));
+    let body = collected.to_bytes();
+    if path == "/upload-sha" {
+        let v = json!({ "len": body.len(), "fnv1a64": fnv1a64(&body) });
+        return Ok(response(
+            StatusCode::OK,
+            "application/json",
+            full(v.to_string()),
+        ));
+    }
+    let v = json!({
+        "method": method,
+        "path": path_and_query,
+        "version": version_str(version),
+        "body_len": body.len(),
+        "body_fnv1a64": fnv1a64(&body),
+        "headers": headers,
+        "trailers": trailers,
+    });
+    Ok(response(
+        StatusCode::OK,
+        "application/json",
+        full(v.to_string()),
+    ))
+}
+
+/// The echo route's answer, parsed.
+#[derive(Debug, Clone)]
+pub struct Echo {
+    pub method: String,
+    pub path: String,
+    pub version: String,
+    pub body_len: u64,
+    pub body_fnv1a64: String,
+    pub headers: Vec<(String, String)>,
+    pub trailers: Vec<(String, String)>,
+}
+
+impl Echo {
+    pub fn parse(body: &[u8]) -> Echo {
+        let v: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+            panic!(
+                "echo body is not JSON ({e}): {}",
+                String::from_utf8_lossy(body)
+            )
+        });
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let list = |k: &str| -> Vec<(String, String)> {
+            v.get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| {
+                            let n = p.get(0)?.as_str()?;
+                            let val = p.get(1)?.as_str()?;
+                            Some((n.to_string(), val.to_string()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Echo {
+            method: s("method"),
+            path: s("path"),
+            version: s("version"),
+            body_len: v.get("body_len").and_then(Value::as_u64).unwrap_or(0),
+            body_fnv1a64: s("body_fnv1a64"),
+            headers: list("headers"),
+            trailers: list("trailers"),
+        }
+    }
+
+    /// The first value of header `name` as the upstream saw it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The request id Envoy forwarded (`x-request-id`).
+    pub fn request_id(&self) -> String {
+        self.header("x-request-id")
+            .unwrap_or_else(|| panic!("upstream saw no x-request-id: {self:?}"))
+            .to_string()
+    }
+}
