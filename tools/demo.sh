@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# oob-mirror demo: a real Envoy with the filter in front of a demo upstream,
+# the reference sink as the analysis node, and three sample requests.
+#
+#   make demo            (builds everything first; or run this script directly)
+#
+# Environment (all optional):
+#   ENVOY_BIN        Envoy binary            (default: .venv/bin/envoy, see `make setup`)
+#   OOB_MIRROR_WASM  the filter module       (default: dist/oob_mirror.wasm, see `make wasm`)
+#   SINK_BIN         the analysis node       (default: target/release/oob-mirror-sink, `make sink`)
+#   PYTHON           python3 interpreter     (default: python3)
+#
+# Every process it starts is stopped on exit, whatever happens. Exit status 0
+# when the analysis node received every expected record; otherwise non-zero,
+# with Envoy's log printed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+ENVOY_BIN=${ENVOY_BIN:-$ROOT/.venv/bin/envoy}
+OOB_MIRROR_WASM=${OOB_MIRROR_WASM:-$ROOT/dist/oob_mirror.wasm}
+SINK_BIN=${SINK_BIN:-$ROOT/target/release/oob-mirror-sink}
+PYTHON=${PYTHON:-python3}
+
+STARTUP_TIMEOUT_S=30  # Envoy compiles the module at start-up
+RECORDS_TIMEOUT_S=15
+
+WORK=$(mktemp -d -t oob-mirror-demo.XXXXXX)
+PIDS=()
+NAMES=()
+
+say() { printf '%s\n' "$*"; }
+section() { printf '\n==> %s\n' "$*"; }
+
+print_logs() {
+  local f
+  for f in envoy.err sink.err sink.out upstream.err; do
+    if [[ -s "$WORK/$f" ]]; then
+      printf '\n----- %s (last 100 lines) -----\n' "$f" >&2
+      tail -n 100 "$WORK/$f" >&2
+    fi
+  done
+}
+
+cleanup() {
+  local rc=$?
+  # Runs once, to the end: a closed stdout (e.g. `| head`) must not stop it.
+  trap - EXIT INT TERM
+  trap '' PIPE
+  set +e
+  local pid
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ $rc -ne 0 ]]; then
+    print_logs
+    printf '\ndemo FAILED (exit %d)\n' "$rc" >&2
+  fi
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 141' PIPE
+
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+
+# start NAME LOGBASE CMD... : run CMD in the background, stdout to
+# $WORK/LOGBASE.out and stderr to $WORK/LOGBASE.err.
+start() {
+  local name=$1 log=$2
+  shift 2
+  "$@" >"$WORK/$log.out" 2>"$WORK/$log.err" &
+  PIDS+=("$!")
+  NAMES+=("$name")
+}
+
+check_alive() {
+  local i
+  for i in "${!PIDS[@]}"; do
+    if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+      die "${NAMES[$i]} exited unexpectedly"
+    fi
+  done
+}
+
+# wait_until SECONDS DESCRIPTION CMD... : bounded poll, every 0.1 s.
+wait_until() {
+  local limit=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@"; do
+    check_alive
+    if ((SECONDS >= deadline)); then
+      die "timed out after ${limit}s waiting for $what"
+    fi
+    sleep 0.1
+  done
+}
+
+# --- prerequisites ---------------------------------------------------------
+command -v curl >/dev/null || die "curl is required"
+command -v "$PYTHON" >/dev/null || die "$PYTHON is required"
+[[ -x "$ENVOY_BIN" ]] || die "no Envoy at $ENVOY_BIN (run: make setup)"
+[[ -f "$OOB_MIRROR_WASM" ]] || die "no filter module at $OOB_MIRROR_WASM (run: make wasm)"
+[[ -x "$SINK_BIN" ]] || die "no sink at $SINK_BIN (run: make sink)"
+case "$OOB_MIRROR_WASM" in /*) ;; *) OOB_MIRROR_WASM=$ROOT/$OOB_MIRROR_WASM ;; esac
+
+# --- free ports ------------------------------------------------------------
+ports=$("$PYTHON" -c '
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+')
+read -r LISTEN_PORT ADMIN_PORT UPSTREAM_PORT NODE_PORT <<<"$ports"
+
+# --- render envoy/envoy.yaml -----------------------------------------------
+# The repository file uses fixed defaults (listener 10000, admin 9901, upstream
+# 8080, node 9090, module dist/oob_mirror.wasm); replace each of them once.
+wasm_sed=$(printf '%s' "$OOB_MIRROR_WASM" | sed -e 's/[\\&|]/\\&/g')
+sed -e "s|port_value: 10000 }|port_value: $LISTEN_PORT }|" \
+    -e "s|port_value: 9901 }|port_value: $ADMIN_PORT }|" \
+    -e "s|port_value: 8080 }|port_value: $UPSTREAM_PORT }|" \
+    -e "s|port_value: 9090 }|port_value: $NODE_PORT }|" \
+    -e "s|address: 0.0.0.0,|address: 127.0.0.1,|" \
+    -e "s|filename: dist/oob_mirror.wasm|filename: $wasm_sed|" \
+    envoy/envoy.yaml >"$WORK/envoy.yaml"
+for want in "port_value: $LISTEN_PORT }" "port_value: $ADMIN_PORT }" \
+  "port_value: $UPSTREAM_PORT }" "port_value: $NODE_PORT }" "filename: $OOB_MIRROR_WASM"; do
+  [[ $(grep -cF -- "$want" "$WORK/envoy.yaml") -eq 1 ]] ||
+    die "could not render envoy/envoy.yaml ('$want'); were its default ports or module path changed?"
+done
+
+BASE="http://127.0.0.1:$LISTEN_PORT"
+ADMIN="http://127.0.0.1:$ADMIN_PORT"
+
+# --- start -----------------------------------------------------------------
+section "Starting the demo upstream, the analysis node (sink) and Envoy"
+start "demo upstream" upstream "$PYTHON" tools/demo_upstream.py --listen "127.0.0.1:$UPSTREAM_PORT"
+start "sink" sink "$SINK_BIN" --listen "127.0.0.1:$NODE_PORT"
+start "envoy" envoy "$ENVOY_BIN" -c "$WORK/envoy.yaml" --concurrency 1 \
+  --log-level warn --disable-hot-restart
+
+wait_until "$STARTUP_TIMEOUT_S" "the demo upstream" grep -q 'listening on' "$WORK/upstream.err"
+wait_until "$STARTUP_TIMEOUT_S" "the sink" grep -q 'listening on' "$WORK/sink.err"
+wait_until "$STARTUP_TIMEOUT_S" "Envoy /ready" curl -fs -o /dev/null "$ADMIN/ready"
+say "upstream 127.0.0.1:$UPSTREAM_PORT   sink 127.0.0.1:$NODE_PORT   envoy $BASE (admin $ADMIN)"
+
+# --- traffic ---------------------------------------------------------------
+section "Client traffic through Envoy"
+EXCHANGES=0
+send() {
+  local label=$1 code
+  shift
+  code=$(curl -sS -o "$WORK/response" -w '%{http_code}' "$@") || die "curl failed: $label"
+  EXCHANGES=$((EXCHANGES + 1))
+  printf '%-48s -> %s %s\n' "$label" "$code" "$(head -c 200 "$WORK/response")"
+  [[ $code == 200 ]] || die "expected 200 for $label, got $code"
+}
+send "GET  /etc/passwd" "$BASE/etc/passwd"
+send "POST /api/login (JSON)" -H 'content-type: application/json' \
+  -d '{"user":"alice","password":"x"}' "$BASE/api/login"
+send "GET  /search?q=1%27%20OR%201=1" "$BASE/search?q=1%27%20OR%201=1"
+
+# --- what the node received --------------------------------------------------
+EXPECTED=$((EXCHANGES * 2)) # one request and one response record per exchange
+records() { grep -c . "$WORK/sink.out" 2>/dev/null || true; }
+have_records() { (($(records) >= EXPECTED)); }
+wait_until "$RECORDS_TIMEOUT_S" "$EXPECTED records at the sink" have_records
+
+section "What the analysis node received: $(records) records (expected $EXPECTED)"
+"$PYTHON" - "$WORK/sink.out" <<'EOF'
+import json, sys
+
+def show(rec):
+    # One key per line and one header per line: readable, and still JSON.
+    items = list(rec.items())
+    out = ["{"]
+    for i, (key, val) in enumerate(items):
+        comma = "," if i < len(items) - 1 else ""
+        k = json.dumps(key)
+        if isinstance(val, list) and val:
+            inner = ",\n".join("    " + json.dumps(e, ensure_ascii=False) for e in val)
+            out.append("  %s: [\n%s\n  ]%s" % (k, inner, comma))
+        else:
+            out.append("  %s: %s%s" % (k, json.dumps(val, ensure_ascii=False), comma))
+    out.append("}")
+    return "\n".join(out)
+
+n = 0
+with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
+    for line in f:
+        line = line.strip()
+        if not line:
+            continue
+        n += 1
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            print("--- record %d (not JSON) ---\n%s" % (n, line))
+            continue
+        if not isinstance(rec, dict):
+            print("--- record %d ---\n%s" % (n, json.dumps(rec)))
+            continue
+        print("--- record %d: %s %s ---" % (n, rec.get("kind", "?"), rec.get("id", "")))
+        print(show(rec))
+EOF
+
+# --- metrics -----------------------------------------------------------------
+# Let the last batch's acknowledgement land so the gauges settle (bounded).
+stats() { curl -fsS "$ADMIN/stats?filter=oob_mirror%5C." 2>/dev/null || true; }
+settled() {
+  local s
+  s=$(stats)
+  grep -Eq 'oob_mirror\.inflight_records: 0$' <<<"$s" &&
+    grep -Eq 'oob_mirror\.queued_records: 0$' <<<"$s"
+}
+deadline=$((SECONDS + 5))
+until settled || ((SECONDS >= deadline)); do sleep 0.1; done
+
+section "Filter metrics (Envoy admin $ADMIN/stats?filter=oob_mirror\\.)"
+STATS=$(stats)
+if [[ -z $STATS ]]; then
+  say "(no oob_mirror metrics reported)"
+else
+  printf '%s\n' "$STATS"
+  STATS=$STATS "$PYTHON" - <<'EOF'
+import os, re
+stats = {}
+for line in os.environ["STATS"].splitlines():
+    m = re.search(r"oob_mirror\.(\w+): (\d+)$", line)
+    if m:
+        stats[m.group(1)] = stats.get(m.group(1), 0) + int(m.group(2))
+parts = ["records_sent", "records_dropped_queue_full", "records_dropped_node_failure",
+         "queued_records", "inflight_records"]
+if "records_captured" in stats and all(p in stats for p in parts):
+    total = sum(stats[p] for p in parts)
+    ok = "holds" if total == stats["records_captured"] else "DOES NOT HOLD"
+    print("\naccounting: records_captured %d = %s = %d  (%s)" % (
+        stats["records_captured"], " + ".join("%s %d" % (p, stats[p]) for p in parts), total, ok))
+EOF
+fi
+
+section "Done: $EXCHANGES exchanges mirrored, $(records) records received; stopping everything"
