@@ -38,7 +38,7 @@ fn upload_5mib(proto: Proto) {
         rig.node.records().into_iter().find(|r| r.is_request())
     })
     .expect("request record");
-    let (req, rsp) = wait_exchange(&rig.node, &found.id, EVENTUALLY);
+    let (req, rsp) = wait_exchange(&rig.envoy, &rig.node, &found.id, EVENTUALLY);
     assert_eq!(req.body.len(), CAP);
     assert!(
         req.body == body[..CAP],
@@ -82,7 +82,7 @@ fn download_5mib_is_passed_whole_and_captured_capped() {
         rig.node.records().into_iter().find(|r| r.is_request())
     })
     .expect("request record");
-    let (req, rsp) = wait_exchange(&rig.node, &found.id, EVENTUALLY);
+    let (req, rsp) = wait_exchange(&rig.envoy, &rig.node, &found.id, EVENTUALLY);
     assert_eq!(req.body_size, 0);
     assert_eq!(rsp.status, Some(200));
     assert_eq!(rsp.body.len(), CAP);
@@ -113,7 +113,7 @@ fn configured_caps_apply_per_direction() {
     assert_eq!(resp.status, 200);
     let echo = Echo::parse(&resp.body);
     assert_eq!(echo.body_len, 16);
-    let (req, rsp) = wait_exchange(&rig.node, &echo.request_id(), EVENTUALLY);
+    let (req, rsp) = wait_exchange(&rig.envoy, &rig.node, &echo.request_id(), EVENTUALLY);
     assert_eq!(req.body, b"0123456789");
     assert_eq!(req.body_size, 16);
     assert!(req.body_truncated);

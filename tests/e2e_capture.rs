@@ -52,7 +52,7 @@ fn get_with_query_and_repeated_headers_is_mirrored_exactly() {
     assert_eq!(resp.status, 200, "{}", resp.body_str());
     let echo = Echo::parse(&resp.body);
     let id = echo.request_id();
-    let (req, rsp) = wait_exchange(&rig.node, &id, EVENTUALLY);
+    let (req, rsp) = wait_exchange(&rig.envoy, &rig.node, &id, EVENTUALLY);
 
     // Request record.
     assert_eq!(req.v, 1);
@@ -149,7 +149,7 @@ fn client_supplied_request_id_pairs_the_records() {
     let resp = rig.send(&Req::get("/echo").header("x-request-id", "client-chosen-id-42"));
     assert_eq!(resp.status, 200);
     let id = Echo::parse(&resp.body).request_id();
-    let (req, rsp) = wait_exchange(&rig.node, &id, EVENTUALLY);
+    let (req, rsp) = wait_exchange(&rig.envoy, &rig.node, &id, EVENTUALLY);
     // Whatever Envoy forwarded is the id, and it is in the mirrored headers.
     assert_eq!(req.header("x-request-id"), Some(&s(&id)));
     assert_eq!(rsp.id, id);
@@ -164,7 +164,7 @@ fn exchanges_get_distinct_ids() {
         ids.push(Echo::parse(&resp.body).request_id());
     }
     for id in &ids {
-        wait_exchange(&rig.node, id, EVENTUALLY);
+        wait_exchange(&rig.envoy, &rig.node, id, EVENTUALLY);
     }
     let mut unique = ids.clone();
     unique.sort();
@@ -183,7 +183,7 @@ fn json_post_body_is_captured_exactly() {
     assert_eq!(resp.status, 200);
     let echo = Echo::parse(&resp.body);
     assert_eq!(echo.body_len, body.len() as u64);
-    let (req, rsp) = wait_exchange(&rig.node, &echo.request_id(), EVENTUALLY);
+    let (req, rsp) = wait_exchange(&rig.envoy, &rig.node, &echo.request_id(), EVENTUALLY);
     assert_eq!(req.method.as_deref(), Some("POST"));
     assert_eq!(req.path.as_deref(), Some("/api/users?dry=1"));
     assert_eq!(req.body, body);
@@ -215,7 +215,7 @@ fn chunked_upload_body_is_captured_exactly() {
     let echo = Echo::parse(&resp.body);
     assert_eq!(echo.body_len, whole.len() as u64);
     assert_eq!(echo.header("transfer-encoding"), Some("chunked"));
-    let (req, _) = wait_exchange(&rig.node, &echo.request_id(), EVENTUALLY);
+    let (req, _) = wait_exchange(&rig.envoy, &rig.node, &echo.request_id(), EVENTUALLY);
     assert_eq!(req.method.as_deref(), Some("PUT"));
     assert_eq!(req.body, whole);
     assert_eq!(req.body_size, whole.len() as u64);
@@ -247,7 +247,7 @@ fn http2_with_request_and_response_trailers() {
     assert_eq!(resp.status, 200);
     let echo = Echo::parse(&resp.body);
     assert_eq!(echo.version, "HTTP/2", "the upstream should see HTTP/2");
-    let (req, rsp) = wait_exchange(&rig.node, &echo.request_id(), EVENTUALLY);
+    let (req, rsp) = wait_exchange(&rig.envoy, &rig.node, &echo.request_id(), EVENTUALLY);
     assert_eq!(req.protocol.as_deref(), Some("HTTP/2"));
     assert_eq!(req.method.as_deref(), Some("POST"));
     assert_eq!(req.scheme.as_deref(), Some("http"));
@@ -292,7 +292,7 @@ fn http2_with_request_and_response_trailers() {
             .find(|r| r.is_request() && r.header("x-tag") == Some(&s("trailers")))
     })
     .expect("request record of GET /trailers");
-    let (req, rsp) = wait_exchange(&rig.node, &found.id, EVENTUALLY);
+    let (req, rsp) = wait_exchange(&rig.envoy, &rig.node, &found.id, EVENTUALLY);
     assert_eq!(req.protocol.as_deref(), Some("HTTP/2"));
     assert!(req.trailers.is_empty());
     assert_eq!(rsp.trailers, str_headers(&[("x-checksum", "abc")]));
@@ -350,7 +350,7 @@ fn request_record_arrives_while_the_response_still_streams() {
     let expected: String = (0..STREAM_CHUNKS).map(stream_chunk).collect();
     assert_eq!(String::from_utf8(body).unwrap(), expected);
 
-    let (_, rsp) = wait_exchange(&rig.node, &req.id, EVENTUALLY);
+    let (_, rsp) = wait_exchange(&rig.envoy, &rig.node, &req.id, EVENTUALLY);
     assert_eq!(rsp.status, Some(200));
     assert_eq!(rsp.body, expected.as_bytes());
     assert!(rsp.complete);
@@ -372,7 +372,7 @@ fn non_utf8_header_value_is_mirrored_as_bin() {
         .expect("raw exchange");
     assert_eq!(resp.status, 200, "{}", resp.body_str());
     let echo = Echo::parse(&resp.body);
-    let (req, rsp) = wait_exchange(&rig.node, &echo.request_id(), EVENTUALLY);
+    let (req, rsp) = wait_exchange(&rig.envoy, &rig.node, &echo.request_id(), EVENTUALLY);
     assert_eq!(req.authority.as_deref(), Some("raw.test"));
     assert_eq!(
         req.header("x-bin"),
@@ -406,7 +406,7 @@ fn upstream_down_local_reply_is_mirrored() {
             .find(|r| r.is_request() && r.header("x-tag") == Some(&s("down")))
     })
     .expect("request record of the failed exchange");
-    let (req, rsp) = wait_exchange(&node, &req.id, EVENTUALLY);
+    let (req, rsp) = wait_exchange(&envoy, &node, &req.id, EVENTUALLY);
     assert_eq!(req.path.as_deref(), Some("/down?x=1"));
     assert!(req.complete);
     assert_eq!(rsp.status, Some(503));
@@ -458,8 +458,18 @@ fn client_abort_mid_upload_is_marked_incomplete() {
         )
         .unwrap();
     stream.flush().unwrap();
-    // Let Envoy read the partial body, then vanish.
-    std::thread::sleep(Duration::from_millis(300));
+    // Vanish only once Envoy has read the 10 bytes and passed them through
+    // the filter chain: the upstream has received them.
+    let forwarded = support::wait::poll_until(EVENTUALLY, || {
+        let n = rig.upstream.body_bytes_received();
+        (n >= 10).then_some(n)
+    });
+    assert_eq!(
+        forwarded,
+        Some(10),
+        "the upstream did not receive exactly the 10 body bytes sent (got {})",
+        rig.upstream.body_bytes_received()
+    );
     drop(stream);
 
     let req = support::wait::poll_until(EVENTUALLY, || {
@@ -469,7 +479,7 @@ fn client_abort_mid_upload_is_marked_incomplete() {
             .find(|r| r.is_request() && r.path.as_deref() == Some("/abort?x=1"))
     })
     .expect("request record of the aborted exchange");
-    let (req, rsp) = wait_exchange(&rig.node, &req.id, EVENTUALLY);
+    let (req, rsp) = wait_exchange(&rig.envoy, &rig.node, &req.id, EVENTUALLY);
     assert!(!req.complete, "{req:#?}");
     assert_eq!(req.body, b"0123456789");
     assert_eq!(req.body_size, 10);

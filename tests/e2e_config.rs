@@ -112,7 +112,7 @@ fn minimal_configuration_uses_the_defaults() {
     let resp = rig.send(&Req::get("/echo?minimal=1"));
     assert_eq!(resp.status, 200);
     let id = Echo::parse(&resp.body).request_id();
-    support::records::wait_exchange(&rig.node, &id, EVENTUALLY);
+    support::records::wait_exchange(&rig.envoy, &rig.node, &id, EVENTUALLY);
     let batches = rig.node.batches();
     assert_eq!(batches[0].path, "/v1/records");
     assert_eq!(batches[0].authority.as_deref(), Some("oob-mirror"));

@@ -67,8 +67,9 @@ fn envoy_without_filter_proxies_every_route() {
         [("x-checksum".to_string(), "abc".to_string())]
     );
 
-    // Chunked upload.
+    // Chunked upload; the upstream counts the body bytes it read.
     let chunks: Vec<Vec<u8>> = vec![b"ab".to_vec(), b"cde".to_vec(), b"f".to_vec()];
+    let before = upstream.body_bytes_received();
     let resp = client.send(
         addr,
         &Req::new(Proto::H1, "POST", "/upload-sha").chunks(chunks),
@@ -76,6 +77,7 @@ fn envoy_without_filter_proxies_every_route() {
     let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(v["len"], 6);
     assert_eq!(v["fnv1a64"], fnv1a64(b"abcdef"));
+    assert_eq!(upstream.body_bytes_received() - before, 6);
 
     // Download.
     let resp = client.send(addr, &Req::get("/download/100000"));

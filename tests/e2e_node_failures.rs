@@ -175,19 +175,27 @@ fn node_recovers_after_an_outage() {
     for i in 0..20 {
         let resp = client.send(envoy.addr(), &Req::get(&format!("/echo?phase=down&i={i}")));
         assert_eq!(resp.status, 200);
+        // Paced on purpose: the outage lasts long enough (~0.5 s, several
+        // flush intervals) for the workers to fail batch after batch and back
+        // off, so the recovery below is a recovery from backoff.
         std::thread::sleep(Duration::from_millis(25));
     }
     // Wait until the outage is noticed and its records are dropped.
-    stats::wait_drained_and(&envoy, Duration::from_secs(30), |s| {
+    let st = stats::wait_drained_and(&envoy, Duration::from_secs(30), |s| {
         s.get("records_captured") == 42 && s.get("records_dropped_node_failure") > 0
     });
+    assert!(
+        st.get("backoffs") >= 1,
+        "no backoff during the outage: {st:?}"
+    );
     node.restart().expect("restart the node");
 
-    // Traffic after the node is back reaches it again (after the backoff).
+    // Traffic after the node is back reaches it again: a worker in backoff
+    // keeps the record queued and sends it with its next probe (at most 8 s
+    // away), which the node now acknowledges.
+    let resp = client.send(envoy.addr(), &Req::get("/echo?phase=after"));
+    assert_eq!(resp.status, 200);
     let back = support::wait::poll_until(Duration::from_secs(30), || {
-        let resp = client.send(envoy.addr(), &Req::get("/echo?phase=after"));
-        assert_eq!(resp.status, 200);
-        std::thread::sleep(Duration::from_millis(50));
         node.records()
             .iter()
             .any(|r| r.path.as_deref() == Some("/echo?phase=after"))
@@ -195,7 +203,8 @@ fn node_recovers_after_an_outage() {
     });
     assert!(
         back.is_some(),
-        "no record reached the node after it came back"
+        "no record reached the node after it came back: {:?}",
+        stats::read(&envoy)
     );
     let st = stats::wait_drained(&envoy, support::EVENTUALLY);
     assert!(st.get("records_dropped_node_failure") > 0, "{st:?}");
@@ -246,5 +255,129 @@ fn full_queue_drops_are_counted() {
     assert!(st.get("records_dropped_queue_full") > 0, "{st:?}");
     assert_eq!(st.get("records_sent"), 0, "{st:?}");
     assert!(st.get("queued_bytes") == 0, "{st:?}");
+    envoy.assert_no_critical_wasm();
+}
+
+/// The backoff promise (README, "How records travel", Failures): after 3
+/// failed batches in a row a worker pauses 250 ms, then probes with one batch
+/// at a time; each failed probe doubles the pause, up to 8 s. Written out here
+/// rather than imported, so that the test holds the filter to the promise.
+const FAILURES_BEFORE_BACKOFF: i128 = 3;
+const FIRST_PAUSE_MS: u128 = 250;
+const MAX_PAUSE_MS: u128 = 8_000;
+
+/// How many probes one worker can have sent `elapsed` after it started:
+/// probe k goes out no earlier than 250 + 500 + ... (k pauses) after the
+/// failure that started the backoff, itself after the start.
+fn probes_within(elapsed: Duration) -> i128 {
+    let (mut at, mut pause, mut probes) = (0, FIRST_PAUSE_MS, 0);
+    loop {
+        at += pause;
+        if at > elapsed.as_millis() {
+            return probes;
+        }
+        probes += 1;
+        pause = (pause * 2).min(MAX_PAUSE_MS);
+    }
+}
+
+#[test]
+fn node_down_backs_off_instead_of_connecting_per_exchange() {
+    const EXCHANGES: u32 = 100;
+    const PACE: Duration = Duration::from_millis(15);
+    const WORKERS: u32 = 2;
+    const MAX_INFLIGHT: i128 = 4;
+    let upstream = Upstream::start();
+    // One record per batch: without backoff every record would be its own
+    // batch, i.e. one connection attempt to the dead node: 200 of them.
+    let envoy = Envoy::start(
+        &EnvoyConfig::new(upstream.port(), ports::closed_port())
+            .plugin(format!(
+                r#"{{"node":{{"cluster":"oob_mirror_node","timeout_ms":500}},
+                    "batch":{{"flush_ms":20,"max_records":1,"max_inflight":{MAX_INFLIGHT}}}}}"#
+            ))
+            .concurrency(WORKERS),
+    );
+    let client = Client::new();
+    let started = Instant::now();
+    for i in 0..EXCHANGES {
+        // Paced on purpose: backoff is about time, so the exchanges are
+        // spread over ~1.5 s (several backoff intervals) rather than a burst.
+        let due = started + PACE * i;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let resp = client.send(envoy.addr(), &Req::get(&format!("/status/200?i={i}")));
+        assert_eq!(resp.status, 200, "{}", resp.body_str());
+    }
+    // Every record is captured (the last response record is counted when its
+    // stream ends, just after the client has the response). The queue does
+    // not drain: while the worker backs off, records wait for the next probe.
+    let captured = 2 * i128::from(EXCHANGES);
+    let mut last = Stats::default();
+    let all_captured = support::wait::poll_until(support::EVENTUALLY, || {
+        last = stats::read(&envoy);
+        (last.get("records_captured") == captured).then_some(())
+    });
+    assert!(
+        all_captured.is_some(),
+        "the filter did not capture {captured} records: {last:?}"
+    );
+    let connect_fail =
+        stats::envoy_stat(&envoy, "cluster.oob_mirror_node.upstream_cx_connect_fail");
+    let st = stats::read(&envoy);
+    // Measured last: every count above was read within this time.
+    let elapsed = started.elapsed();
+
+    // Measured (every run, exchanges over ~1.5 s, 2 workers): 12 connection
+    // attempts, 12 failed batches, 6 backoffs. Per worker: 4 batches before
+    // the first pause (request and response records of its first exchanges,
+    // failing almost together), then probes ~0.25 s and ~0.75 s later.
+    // With a module built without backoff: 200 attempts, 0 backoffs; with a
+    // pause that never grows (steady 250 ms): 18 attempts, 12 backoffs.
+    // The bounds are what the promise allows at most, whatever the machine's
+    // speed: per worker, the 3 failures that start the backoff plus the
+    // batches still in flight then (at most max_inflight), plus one per probe
+    // the pause schedule leaves room for in `elapsed` (2 at 1.5 s, 3 at
+    // 1.75 s): 18 at 1.5 s, an eleventh of the 200.
+    let bound =
+        i128::from(WORKERS) * (FAILURES_BEFORE_BACKOFF + MAX_INFLIGHT + probes_within(elapsed));
+    let numbers = format!(
+        "{connect_fail} connection attempts failed in {elapsed:?} \
+         (bound {bound}, {captured} batches without backoff)\n{st:?}"
+    );
+    eprintln!("{numbers}");
+    assert!(st.get("backoffs") >= 1, "no backoff: {numbers}");
+    // Each backoff is a worker's first pause or a failed probe, and growing
+    // pauses leave room for few probes: at most 1 + 2 per worker at 1.5 s (a
+    // steady 250 ms pause gave 6 per worker).
+    assert!(
+        st.get("backoffs") <= i128::from(WORKERS) * (1 + probes_within(elapsed)),
+        "more pauses than growing pauses allow: {numbers}"
+    );
+    assert!(
+        connect_fail >= FAILURES_BEFORE_BACKOFF,
+        "the dead node was hardly tried, is the stat right? {numbers}"
+    );
+    assert!(
+        connect_fail <= bound,
+        "a connection attempt per exchange or so despite backoff: {numbers}"
+    );
+    // The filter sees the same: few batches, each failed and its one record
+    // dropped; the rest wait in the queue.
+    assert!(st.batches_failed() <= bound, "{numbers}");
+    assert_eq!(
+        st.batches_failed(),
+        st.get("batches_failed_reset"),
+        "{numbers}"
+    );
+    assert_eq!(
+        st.get("records_dropped_node_failure"),
+        st.batches_failed(),
+        "{numbers}"
+    );
+    assert_eq!(st.get("records_sent"), 0, "{numbers}");
+    assert_eq!(st.get("records_dropped_queue_full"), 0, "{numbers}");
+    st.assert_invariant();
     envoy.assert_no_critical_wasm();
 }

@@ -148,6 +148,8 @@ fn build_request(addr: SocketAddr, req: &Req) -> Result<Request<ReqBodyType>, St
                     if tx.send_data(Bytes::from(chunk)).await.is_err() {
                         return;
                     }
+                    // Paced on purpose: a gap makes each chunk its own
+                    // frame / HTTP/1.1 chunk on the wire, not one coalesced write.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 if has_trailers {

@@ -330,6 +330,7 @@ impl Envoy {
             if Instant::now() >= deadline {
                 return StartOutcome::TimedOut(spawned.logs());
             }
+            // Poll interval of the readiness check (exit, admin address, /ready).
             std::thread::sleep(Duration::from_millis(25));
         }
     }

@@ -1,10 +1,12 @@
 //! The test analysis node (`oob-mirror-sink`) and helpers over its records.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 pub use oob_mirror_sink::{Behavior, HeaderValue, Kind, Node, Record};
 
+use super::envoy::Envoy;
+use super::stats::{self, Stats};
 use super::wait::poll_until;
 
 /// Starts a node on a free port, acknowledging every batch.
@@ -38,7 +40,13 @@ pub fn with_id(records: &[Record], id: &str) -> Vec<Record> {
 
 /// Waits until the node holds a request and a response record for `id`, and
 /// returns them; fails if either kind appears more than once.
-pub fn wait_exchange(node: &Node, id: &str, timeout: Duration) -> (Record, Record) {
+///
+/// Uniqueness is checked only once nothing more can arrive: the filter's
+/// accounting is settled (every captured record sent or dropped, none queued
+/// or in flight) in a metrics snapshot that already counts every distinct
+/// record the node holds, and the node holds at least every record the
+/// filter counts as sent (the node stores a batch before acknowledging it).
+pub fn wait_exchange(envoy: &Envoy, node: &Node, id: &str, timeout: Duration) -> (Record, Record) {
     let found = poll_until(timeout, || {
         let recs = with_id(&node.records(), id);
         let has_req = recs.iter().any(Record::is_request);
@@ -57,14 +65,42 @@ pub fn wait_exchange(node: &Node, id: &str, timeout: Duration) -> (Record, Recor
                 .collect::<Vec<_>>()
         );
     }
-    // Let a duplicate arrive if there is one, then check uniqueness.
-    std::thread::sleep(Duration::from_millis(50));
+    let mut last = (Stats::default(), 0, 0);
+    let settled = poll_until(timeout, || {
+        let st = stats::read(envoy);
+        let records = node.records();
+        let distinct = distinct_records(&records);
+        let ok = st.is_drained()
+            && st.get("records_captured") >= distinct as i128
+            && records.len() as i128 >= st.get("records_sent");
+        last = (st, records.len(), distinct);
+        ok.then_some(())
+    });
+    if settled.is_none() {
+        let (st, at_node, distinct) = &last;
+        panic!(
+            "after exchange {id:?} reached the node, the filter and the node did not settle \
+             within {timeout:?} (node holds {at_node} records, {distinct} distinct); \
+             last metrics:\n{st:?}\n{}",
+            st.check_invariant().err().unwrap_or_default()
+        );
+    }
+    assert_no_decode_errors(node);
     let recs = with_id(&node.records(), id);
     let reqs: Vec<&Record> = recs.iter().filter(|r| r.is_request()).collect();
     let resps: Vec<&Record> = recs.iter().filter(|r| r.is_response()).collect();
     assert_eq!(reqs.len(), 1, "request records for {id:?}: {reqs:#?}");
     assert_eq!(resps.len(), 1, "response records for {id:?}: {resps:#?}");
     (reqs[0].clone(), resps[0].clone())
+}
+
+/// How many distinct records (by id and kind) are in `records`.
+pub fn distinct_records(records: &[Record]) -> usize {
+    records
+        .iter()
+        .map(|r| (r.id.as_str(), r.kind.to_string()))
+        .collect::<HashSet<_>>()
+        .len()
 }
 
 /// Waits until the node holds a request record for `id`.

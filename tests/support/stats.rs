@@ -155,3 +155,27 @@ pub fn wait_drained_and(envoy: &Envoy, timeout: Duration, extra: impl Fn(&Stats)
 pub fn wait_drained(envoy: &Envoy, timeout: Duration) -> Stats {
     wait_drained_and(envoy, timeout, |_| true)
 }
+
+/// One of Envoy's own counters or gauges by its exact name (e.g.
+/// `cluster.oob_mirror_node.upstream_cx_connect_fail`); fails the test when
+/// Envoy has no such stat.
+pub fn envoy_stat(envoy: &Envoy, name: &str) -> i128 {
+    // The filter is a regex: its dots match any character, so look for the
+    // exact name in what it returns.
+    let resp = envoy.admin_get(&format!("/stats?format=json&filter=^{name}$"));
+    assert_eq!(resp.status, 200, "admin /stats: {}", resp.body_str());
+    let v: Value = serde_json::from_slice(&resp.body)
+        .unwrap_or_else(|e| panic!("admin /stats is not JSON ({e}): {}", resp.body_str()));
+    v.get("stats")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|s| s.get("name").and_then(Value::as_str) == Some(name))
+        .and_then(|s| s.get("value"))
+        .and_then(|v| {
+            v.as_i64()
+                .map(i128::from)
+                .or_else(|| v.as_u64().map(i128::from))
+        })
+        .unwrap_or_else(|| panic!("Envoy has no stat named {name}: {}", resp.body_str()))
+}

@@ -9,6 +9,10 @@
 //! - `/upload-sha`: `{"len": <bytes received>, "fnv1a64": "<hex>"}`;
 //! - `/status/<code>`: that status with body `status <code>`;
 //! - anything else: echo, `200` with a JSON [`Echo`] of the request.
+//!
+//! The echo and `/upload-sha` routes read the request body frame by frame and
+//! count its bytes as they arrive ([`Upstream::body_bytes_received`]), so a
+//! test can see a body that is still incomplete reach the upstream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -57,6 +61,14 @@ pub struct Upstream {
     runtime: Option<tokio::runtime::Runtime>,
     addr: SocketAddr,
     requests: Arc<AtomicU64>,
+    body_bytes: Arc<AtomicU64>,
+}
+
+/// Shared counters of one upstream, updated by its connections.
+#[derive(Clone)]
+struct Counters {
+    requests: Arc<AtomicU64>,
+    body_bytes: Arc<AtomicU64>,
 }
 
 impl Upstream {
@@ -69,19 +81,22 @@ impl Upstream {
             .expect("upstream runtime");
         let (std_listener, addr) = super::ports::bind_free();
         std_listener.set_nonblocking(true).expect("nonblocking");
-        let requests = Arc::new(AtomicU64::new(0));
-        let counter = requests.clone();
+        let counters = Counters {
+            requests: Arc::new(AtomicU64::new(0)),
+            body_bytes: Arc::new(AtomicU64::new(0)),
+        };
+        let (requests, body_bytes) = (counters.requests.clone(), counters.body_bytes.clone());
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let counter = counter.clone();
+                let counters = counters.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        handle(req)
+                        counters.requests.fetch_add(1, Ordering::Relaxed);
+                        handle(req, counters.body_bytes.clone())
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -93,6 +108,7 @@ impl Upstream {
             runtime: Some(runtime),
             addr,
             requests,
+            body_bytes,
         }
     }
 
@@ -107,6 +123,13 @@ impl Upstream {
     /// Requests received so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Request body bytes the echo and `/upload-sha` routes have read so far,
+    /// over all requests, counted as each frame arrives (before the body is
+    /// complete).
+    pub fn body_bytes_received(&self) -> u64 {
+        self.body_bytes.load(Ordering::SeqCst)
     }
 }
 
@@ -149,7 +172,35 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// Reads a request body to its end, adding each data frame's length to
+/// `counter` as it arrives; returns the body and its trailers.
+async fn read_body_counting(
+    mut body: Incoming,
+    counter: &AtomicU64,
+) -> Result<(Bytes, Option<HeaderMap>), hyper::Error> {
+    let mut data = Vec::new();
+    let mut trailers: Option<HeaderMap> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(chunk) => {
+                counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                data.extend_from_slice(&chunk);
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers.get_or_insert_with(HeaderMap::new).extend(t);
+                }
+            }
+        }
+    }
+    Ok((Bytes::from(data), trailers))
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    body_bytes: Arc<AtomicU64>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let version = req.version();
     if let Some(n) = path.strip_prefix("/download/") {
@@ -171,6 +222,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
                 if tx.send_data(Bytes::from(stream_chunk(i))).await.is_err() {
                     return;
                 }
+                // Paced on purpose: the route is a slow, streaming response.
                 tokio::time::sleep(gap).await;
             }
         });
@@ -212,7 +264,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         .map(|pq| pq.as_str().to_string())
         .unwrap_or_default();
     let headers = header_list(req.headers());
-    let collected = match req.into_body().collect().await {
+    let (body, trailers) = match read_body_counting(req.into_body(), &body_bytes).await {
         Ok(c) => c,
         Err(e) => {
             return Ok(response(
@@ -222,11 +274,10 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
             ))
         }
     };
-    let trailers = collected
-        .trailers()
+    let trailers = trailers
+        .as_ref()
         .map(header_list)
         .unwrap_or(Value::Array(Vec::new()));
-    let body = collected.to_bytes();
     if path == "/upload-sha" {
         let v = json!({ "len": body.len(), "fnv1a64": fnv1a64(&body) });
         return Ok(response(

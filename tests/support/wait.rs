@@ -12,6 +12,7 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         if Instant::now() >= deadline {
             return None;
         }
+        // The poll interval of the readiness check itself.
         std::thread::sleep(Duration::from_millis(20));
     }
 }
