@@ -69,7 +69,10 @@ lint:
 
 test: setup wasm
 	@echo "test: ENVOY_BIN=$(ENVOY_BIN) OOB_MIRROR_WASM=$(OOB_MIRROR_WASM)"
-	$(CARGO) test --workspace
+	@mkdir -p target
+	$(CARGO) test --workspace 2>&1 | tee target/test.log
+	@# One closing line for the whole workspace (cargo prints one per test binary).
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' target/test.log
 
 demo: setup wasm sink
 	ENVOY_BIN='$(ENVOY_BIN)' OOB_MIRROR_WASM='$(OOB_MIRROR_WASM)' bash tools/demo.sh
