@@ -50,8 +50,7 @@ impl MirrorStream {
             .unwrap_or_default()
     }
 
-    fn start_request(&mut self) {
-        let ts_ns = now_ns();
+    fn start_request(&mut self, ts_ns: u64) {
         let (pseudo, headers) = split_pseudo_headers(self.get_http_request_headers_bytes());
         let id = match header_text(&headers, "x-request-id") {
             Some(id) if !id.is_empty() => id,
@@ -80,33 +79,31 @@ impl MirrorStream {
         self.id = id;
     }
 
-    /// Queues the request record; called once, at the request's end or the stream's.
-    fn queue_request(&mut self, complete: bool) {
+    /// Queues the request record at `at_ns`; called once, at the request's end or the stream's.
+    fn queue_request(&mut self, complete: bool, at_ns: u64) {
         if self.request_queued {
             return;
         }
         self.request_queued = true;
         let mut request = self.request.take().unwrap_or_else(|| {
             // The stream ended before request headers were seen: still pair the response.
-            let ts_ns = now_ns();
-            self.request_ts_ns = ts_ns;
+            self.request_ts_ns = at_ns;
             self.id = self.next_id();
             RequestRecord {
                 id: self.id.clone(),
-                ts_ns,
+                ts_ns: at_ns,
                 ..RequestRecord::default()
             }
         });
         request.complete = complete;
         if let Some(worker) = &self.worker {
             if let Ok(mut worker) = worker.try_borrow_mut() {
-                worker.shipper.capture_request(&request, ns_to_ms(now_ns()));
+                worker.shipper.capture_request(&request, ns_to_ms(at_ns));
             }
         }
     }
 
-    fn queue_response(&mut self) {
-        let end_ns = now_ns();
+    fn queue_response(&mut self, end_ns: u64) {
         let mut response = std::mem::take(&mut self.response);
         response.id = std::mem::take(&mut self.id);
         if !self.response_started {
@@ -133,9 +130,10 @@ impl Context for MirrorStream {}
 impl HttpContext for MirrorStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.worker.is_some() {
-            self.start_request();
+            let ts_ns = now_ns();
+            self.start_request(ts_ns);
             if end_of_stream {
-                self.queue_request(true);
+                self.queue_request(true, ts_ns);
             }
         }
         Action::Continue
@@ -154,7 +152,7 @@ impl HttpContext for MirrorStream {
         if let Some(request) = &mut self.request {
             request.body.add(body_size, &chunk);
             if end_of_stream {
-                self.queue_request(true);
+                self.queue_request(true, now_ns());
             }
         }
         Action::Continue
@@ -166,7 +164,7 @@ impl HttpContext for MirrorStream {
             if let Some(request) = &mut self.request {
                 request.trailers = trailers;
             }
-            self.queue_request(true);
+            self.queue_request(true, now_ns());
         }
         Action::Continue
     }
@@ -209,8 +207,9 @@ impl HttpContext for MirrorStream {
 
     fn on_log(&mut self) {
         if self.worker.is_some() {
-            self.queue_request(false);
-            self.queue_response();
+            let end_ns = now_ns();
+            self.queue_request(false, end_ns);
+            self.queue_response(end_ns);
         }
     }
 }
