@@ -72,7 +72,8 @@ impl Backoff {
         false
     }
 
-    pub fn backing_off(&self) -> bool {
+    #[cfg(test)]
+    fn backing_off(&self) -> bool {
         self.until_ms.is_some()
     }
 }

@@ -134,18 +134,6 @@ impl BatchQueue {
         }
     }
 
-    /// Drops every waiting record (e.g. while the node is down and the queue must not pin
-    /// memory); returns how many records were dropped.
-    pub fn clear(&mut self) -> u64 {
-        let dropped = self.queued_records;
-        self.sealed.clear();
-        self.open.body.clear();
-        self.open.records = 0;
-        self.queued_bytes = 0;
-        self.queued_records = 0;
-        dropped
-    }
-
     pub fn queued_bytes(&self) -> u64 {
         self.queued_bytes as u64
     }
@@ -252,19 +240,6 @@ mod tests {
         assert!(q.take_ready(0).is_none());
         q.finish(1);
         assert_eq!(q.take_ready(0).unwrap().body, b"c");
-    }
-
-    #[test]
-    fn clear_drops_waiting_records_only() {
-        let mut q = BatchQueue::new(&config(1, 100, 1000));
-        q.push(b"a", 0);
-        q.take_ready(0).unwrap();
-        q.push(b"b", 0);
-        q.push(b"c", 0);
-        assert_eq!(q.clear(), 2);
-        assert_eq!(q.queued_bytes(), 0);
-        assert_eq!(q.inflight_records(), 1);
-        assert!(q.take_ready(100).is_none());
     }
 
     #[test]

@@ -110,12 +110,6 @@ impl Shipper {
         }
     }
 
-    /// Whether `next_batch` would return a batch now; cheap enough to ask on every tick.
-    pub fn wants_dispatch(&self, now_ms: u64) -> bool {
-        self.backoff.permit(now_ms, self.queue.inflight()) != Permit::Wait
-            && self.queue.has_ready(now_ms)
-    }
-
     /// The next batch to dispatch, if any is due and allowed. Report its fate with
     /// `dispatched` (then `reply`) or `dispatch_failed`.
     pub fn next_batch(&mut self, now_ms: u64) -> Option<Batch> {
@@ -231,7 +225,7 @@ mod tests {
     fn a_full_batch_ships_and_is_acknowledged() {
         let mut s = Shipper::new(&config(2));
         s.capture_request(&request("a"), 0);
-        assert!(!s.wants_dispatch(0));
+        assert!(s.next_batch(0).is_none(), "one record, not yet due");
         s.capture_response(
             &ResponseRecord {
                 id: "a".into(),
@@ -239,7 +233,6 @@ mod tests {
             },
             0,
         );
-        assert!(s.wants_dispatch(0));
         let batch = s.next_batch(0).unwrap();
         assert_eq!(batch.records, 2);
         let bytes = batch.body.len() as u64;
