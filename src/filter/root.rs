@@ -124,6 +124,13 @@ impl RootContext for MirrorRoot {
                 return false;
             }
         };
+        // One line per worker that says where records go, for whoever reads Envoy's log.
+        log::info!(
+            "oob-mirror: mirroring to cluster {} (POST {}, authority {})",
+            config.node.cluster,
+            config.node.path,
+            config.node.authority
+        );
         let tick_ms = config.batch.flush_ms.clamp(1, MAX_TICK_MS);
         if self.worker.is_none() {
             self.metrics = Metrics::define();
