@@ -496,3 +496,42 @@ fn client_abort_mid_upload_is_marked_incomplete() {
     assert_eq!(st.get("records_captured"), 2, "{st:?}");
     rig.envoy.assert_no_critical_wasm();
 }
+
+/// Operators scrape `/stats/prometheus`: every metric the filter defines is there, with the
+/// type it was defined with and the value `/stats` reports.
+#[test]
+fn metrics_are_exported_to_prometheus() {
+    let rig = Rig::start();
+    let resp = rig.send(&Req::get("/echo?prometheus=1"));
+    assert_eq!(resp.status, 200);
+    wait_exchange(
+        &rig.envoy,
+        &rig.node,
+        &Echo::parse(&resp.body).request_id(),
+        EVENTUALLY,
+    );
+    let st = stats::wait_drained(&rig.envoy, EVENTUALLY);
+    let page = rig.envoy.admin_get("/stats/prometheus");
+    assert_eq!(page.status, 200);
+    let text = String::from_utf8(page.body).unwrap();
+    let kinds = stats::COUNTERS
+        .iter()
+        .map(|name| (name, "counter"))
+        .chain(stats::GAUGES.iter().map(|name| (name, "gauge")));
+    for (name, kind) in kinds {
+        let metric = format!("oob_mirror_{name}");
+        let type_line = format!("# TYPE {metric} {kind}");
+        assert!(
+            text.lines().any(|l| l == type_line),
+            "no `{type_line}` in /stats/prometheus"
+        );
+        let value: i128 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{metric}{{}} ")))
+            .unwrap_or_else(|| panic!("no sample of {metric} in /stats/prometheus"))
+            .parse()
+            .unwrap();
+        assert_eq!(value, st.get(name), "{metric}");
+    }
+    assert_eq!(st.get("records_sent"), 2, "{st:?}");
+}
