@@ -29,6 +29,7 @@ pub struct Counters {
     pub batches_failed_dispatch: u64,
     pub bytes_sent: u64,
     pub bodies_truncated: u64,
+    pub bodies_truncated_budget: u64,
     pub backoffs: u64,
 }
 
@@ -42,7 +43,7 @@ pub struct Gauges {
 
 impl Counters {
     /// Names and values in one fixed order, shared by metric definition and publication.
-    pub fn named(&self) -> [(&'static str, u64); 12] {
+    pub fn named(&self) -> [(&'static str, u64); 13] {
         [
             ("records_captured", self.records_captured),
             ("records_sent", self.records_sent),
@@ -61,6 +62,7 @@ impl Counters {
             ("batches_failed_dispatch", self.batches_failed_dispatch),
             ("bytes_sent", self.bytes_sent),
             ("bodies_truncated", self.bodies_truncated),
+            ("bodies_truncated_budget", self.bodies_truncated_budget),
             ("backoffs", self.backoffs),
         ]
     }

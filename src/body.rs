@@ -6,6 +6,8 @@ pub struct BodyCapture {
     data: Vec<u8>,
     cap: usize,
     size: u64,
+    /// Bytes the cap allowed were not copied because the worker's budget was spent.
+    cut_by_budget: bool,
 }
 
 impl BodyCapture {
@@ -14,6 +16,7 @@ impl BodyCapture {
             data: Vec::new(),
             cap: usize::try_from(cap).unwrap_or(usize::MAX),
             size: 0,
+            cut_by_budget: false,
         }
     }
 
@@ -29,6 +32,15 @@ impl BodyCapture {
         let keep = prefix.get(..prefix.len().min(room)).unwrap_or_default();
         self.data.extend_from_slice(keep);
         self.size = self.size.saturating_add(chunk_len as u64);
+    }
+
+    /// Records that the worker's capture budget granted less than `wanted` asked for.
+    pub fn mark_cut_by_budget(&mut self) {
+        self.cut_by_budget = true;
+    }
+
+    pub fn cut_by_budget(&self) -> bool {
+        self.cut_by_budget
     }
 
     pub fn bytes(&self) -> &[u8] {

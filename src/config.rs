@@ -34,6 +34,8 @@ pub struct NodeConfig {
 pub struct CaptureConfig {
     pub request_body_max: u64,
     pub response_body_max: u64,
+    /// Body bytes all streams of one worker may hold while their records are not yet queued.
+    pub max_buffered_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -63,6 +65,7 @@ impl Default for CaptureConfig {
         CaptureConfig {
             request_body_max: 64 * 1024,
             response_body_max: 64 * 1024,
+            max_buffered_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -205,6 +208,7 @@ mod tests {
         assert_eq!(config.node.timeout_ms, 1000);
         assert_eq!(config.capture, CaptureConfig::default());
         assert_eq!(config.capture.request_body_max, 65536);
+        assert_eq!(config.capture.max_buffered_bytes, 16 << 20);
         assert_eq!(config.batch.max_records, 64);
         assert_eq!(config.batch.max_bytes, 1 << 20);
         assert_eq!(config.batch.flush_ms, 50);
@@ -216,7 +220,7 @@ mod tests {
     fn full_config_is_read() {
         let config = Config::parse(
             br#"{"node":{"cluster":"c","authority":"a","path":"/p","timeout_ms":5},
-                 "capture":{"request_body_max":0,"response_body_max":10},
+                 "capture":{"request_body_max":0,"response_body_max":10,"max_buffered_bytes":0},
                  "batch":{"max_records":1,"max_bytes":4096,"flush_ms":1,
                           "max_queue_bytes":4096,"max_inflight":1}}"#,
         )

@@ -7,6 +7,7 @@ pub mod accounting;
 pub mod backoff;
 pub mod batch;
 pub mod body;
+pub mod capture_budget;
 pub mod config;
 pub mod encode;
 pub mod record;

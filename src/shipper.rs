@@ -5,6 +5,7 @@
 use crate::accounting::{BatchFailure, Counters, Gauges};
 use crate::backoff::{Backoff, Permit};
 use crate::batch::{Batch, BatchQueue, Push};
+use crate::body::BodyCapture;
 use crate::config::Config;
 use crate::encode::{encode_request, encode_response};
 use crate::record::{RequestRecord, ResponseRecord};
@@ -87,19 +88,22 @@ impl Shipper {
     pub fn capture_request(&mut self, record: &RequestRecord, now_ms: u64) {
         self.scratch.clear();
         encode_request(record, &mut self.scratch);
-        self.admit(record.body.truncated(), now_ms);
+        self.admit(&record.body, now_ms);
     }
 
     pub fn capture_response(&mut self, record: &ResponseRecord, now_ms: u64) {
         self.scratch.clear();
         encode_response(record, &mut self.scratch);
-        self.admit(record.body.truncated(), now_ms);
+        self.admit(&record.body, now_ms);
     }
 
-    fn admit(&mut self, truncated: bool, now_ms: u64) {
+    fn admit(&mut self, body: &BodyCapture, now_ms: u64) {
         self.counters.records_captured += 1;
-        if truncated {
+        if body.truncated() {
             self.counters.bodies_truncated += 1;
+        }
+        if body.cut_by_budget() {
+            self.counters.bodies_truncated_budget += 1;
         }
         if self.queue.push(&self.scratch, now_ms) == Push::QueueFull {
             self.counters.records_dropped_queue_full += 1;
@@ -194,7 +198,6 @@ mod tests {
     use super::*;
     use crate::accounting::balanced;
     use crate::backoff::{FAILURES_BEFORE_BACKOFF, FIRST_BACKOFF_MS};
-    use crate::body::BodyCapture;
 
     fn config(max_records: u64) -> Config {
         let mut config = Config::parse(br#"{"node":{"cluster":"n","timeout_ms":100}}"#).unwrap();
@@ -343,5 +346,10 @@ mod tests {
         r.body.add(2, b"ab");
         s.capture_request(&r, 0);
         assert_eq!(s.counters().bodies_truncated, 1);
+        assert_eq!(s.counters().bodies_truncated_budget, 0);
+        r.body.mark_cut_by_budget();
+        s.capture_request(&r, 0);
+        assert_eq!(s.counters().bodies_truncated, 2);
+        assert_eq!(s.counters().bodies_truncated_budget, 1);
     }
 }

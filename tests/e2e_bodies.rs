@@ -123,3 +123,79 @@ fn configured_caps_apply_per_direction() {
     let st = stats::wait_drained(&rig.envoy, EVENTUALLY);
     assert_eq!(st.get("bodies_truncated"), 2, "{st:?}");
 }
+
+/// `capture.max_buffered_bytes` bounds the body bytes all streams of a worker hold together:
+/// while one upload holds most of it, another body is cut short (and counted), and the bytes
+/// come back once the holder's record is queued.
+#[test]
+fn capture_budget_is_shared_by_a_workers_streams_and_given_back() {
+    use std::io::Write;
+    let rig = Rig::start_with(|c| {
+        c.concurrency(1).plugin(
+            r#"{"node":{"cluster":"oob_mirror_node","timeout_ms":500},
+                "capture":{"request_body_max":10,"response_body_max":0,"max_buffered_bytes":12},
+                "batch":{"flush_ms":20}}"#,
+        )
+    });
+
+    // An upload that stops after 10 bytes holds 10 of the 12 budget bytes.
+    let mut holder = std::net::TcpStream::connect(rig.envoy.addr()).unwrap();
+    holder
+        .write_all(
+            b"POST /hold HTTP/1.1\r\nhost: hold.test\r\ncontent-length: 100\r\n\r\n0123456789",
+        )
+        .unwrap();
+    let forwarded = support::wait::poll_until(EVENTUALLY, || {
+        (rig.upstream.body_bytes_received() >= 10).then_some(())
+    });
+    assert!(
+        forwarded.is_some(),
+        "the held upload never reached the upstream"
+    );
+
+    let body = b"abcdefghijklmnop".to_vec();
+    let cut = rig.send(&Req::post("/echo?cut=1", body.clone()));
+    assert_eq!(cut.status, 200);
+    assert_eq!(
+        Echo::parse(&cut.body).body_len,
+        16,
+        "the client's body is untouched"
+    );
+    let (req, _) = wait_exchange(
+        &rig.envoy,
+        &rig.node,
+        &Echo::parse(&cut.body).request_id(),
+        EVENTUALLY,
+    );
+    assert_eq!(req.body, b"ab", "only the 2 budget bytes left are copied");
+    assert_eq!(req.body_size, 16);
+    assert!(req.body_truncated);
+
+    // The holder ends: its record is queued and its 10 bytes go back to the budget.
+    drop(holder);
+    let held = support::wait::poll_until(EVENTUALLY, || {
+        rig.node
+            .records()
+            .into_iter()
+            .find(|r| r.is_request() && r.path.as_deref() == Some("/hold"))
+    })
+    .expect("request record of the held upload");
+    assert_eq!(held.body, b"0123456789");
+    assert!(!held.complete);
+
+    let whole = rig.send(&Req::post("/echo?after=1", body.clone()));
+    let (req, _) = wait_exchange(
+        &rig.envoy,
+        &rig.node,
+        &Echo::parse(&whole.body).request_id(),
+        EVENTUALLY,
+    );
+    assert_eq!(
+        req.body, b"abcdefghij",
+        "the cap applies again, not the budget"
+    );
+
+    let st = stats::wait_drained(&rig.envoy, EVENTUALLY);
+    assert_eq!(st.get("bodies_truncated_budget"), 1, "{st:?}");
+    rig.envoy.assert_no_critical_wasm();
+}

@@ -5,8 +5,9 @@ use super::host::{downstream_tls, now_ns, ns_to_ms, property_int, property_text}
 use super::worker::SharedWorker;
 use crate::body::BodyCapture;
 use crate::record::{header_text, split_pseudo_headers, RequestRecord, ResponseRecord};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, BufferType};
 
 pub struct MirrorStream {
     worker: Option<SharedWorker>,
@@ -17,6 +18,8 @@ pub struct MirrorStream {
     id: String,
     response: ResponseRecord,
     response_started: bool,
+    /// Body bytes this stream holds from the worker's capture budget.
+    held: usize,
 }
 
 impl MirrorStream {
@@ -29,6 +32,43 @@ impl MirrorStream {
             id: String::new(),
             response: ResponseRecord::default(),
             response_started: false,
+            held: 0,
+        }
+    }
+
+    /// Copies up to `wanted` bytes of the current body chunk, within the worker's capture
+    /// budget; also says whether the budget granted less than wanted.
+    fn copy_chunk(&mut self, wanted: usize, buffer: BufferType) -> (Vec<u8>, bool) {
+        if wanted == 0 {
+            return (Vec::new(), false);
+        }
+        let granted = self
+            .worker
+            .as_ref()
+            .and_then(|w| w.try_borrow_mut().ok())
+            .map_or(0, |mut w| w.budget.grant(wanted));
+        self.held += granted;
+        let chunk = if granted > 0 {
+            hostcalls::get_buffer(buffer, 0, granted)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        self.release(granted.saturating_sub(chunk.len()));
+        (chunk, granted < wanted)
+    }
+
+    /// Gives body bytes back to the worker's budget (their record was queued or dropped).
+    fn release(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.held);
+        if bytes == 0 {
+            return;
+        }
+        self.held -= bytes;
+        if let Some(mut worker) = self.worker.as_ref().and_then(|w| w.try_borrow_mut().ok()) {
+            worker.budget.release(bytes);
         }
     }
 
@@ -101,6 +141,7 @@ impl MirrorStream {
                 worker.shipper.capture_request(&request, ns_to_ms(at_ns));
             }
         }
+        self.release(request.body.bytes().len());
     }
 
     fn queue_response(&mut self, end_ns: u64) {
@@ -122,6 +163,14 @@ impl MirrorStream {
                 worker.shipper.capture_response(&response, ns_to_ms(end_ns));
             }
         }
+        self.release(response.body.bytes().len());
+    }
+}
+
+impl Drop for MirrorStream {
+    fn drop(&mut self) {
+        // Whatever a stream still holds goes back, even if Envoy never ran its log phase.
+        self.release(self.held);
     }
 }
 
@@ -144,12 +193,11 @@ impl HttpContext for MirrorStream {
             .request
             .as_ref()
             .map_or(0, |r| r.body.wanted(body_size));
-        let chunk = if wanted > 0 {
-            self.get_http_request_body(0, wanted).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let (chunk, cut) = self.copy_chunk(wanted, BufferType::HttpRequestBody);
         if let Some(request) = &mut self.request {
+            if cut {
+                request.body.mark_cut_by_budget();
+            }
             request.body.add(body_size, &chunk);
             if end_of_stream {
                 self.queue_request(true, now_ns());
@@ -186,11 +234,10 @@ impl HttpContext for MirrorStream {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.response_started {
             let wanted = self.response.body.wanted(body_size);
-            let chunk = if wanted > 0 {
-                self.get_http_response_body(0, wanted).unwrap_or_default()
-            } else {
-                Vec::new()
-            };
+            let (chunk, cut) = self.copy_chunk(wanted, BufferType::HttpResponseBody);
+            if cut {
+                self.response.body.mark_cut_by_budget();
+            }
             self.response.body.add(body_size, &chunk);
             self.response.complete = end_of_stream;
         }

@@ -1,5 +1,6 @@
 //! State shared by the root context and the stream contexts of one worker's VM.
 
+use crate::capture_budget::CaptureBudget;
 use crate::config::Config;
 use crate::request_id::IdGenerator;
 use crate::shipper::Shipper;
@@ -11,6 +12,7 @@ pub struct Worker {
     pub config: Config,
     pub shipper: Shipper,
     pub ids: IdGenerator,
+    pub budget: CaptureBudget,
 }
 
 /// One VM runs on one thread: `Rc<RefCell>` is the whole synchronisation needed.
@@ -21,6 +23,7 @@ impl Worker {
         Rc::new(RefCell::new(Worker {
             shipper: Shipper::new(&config),
             ids: IdGenerator::new(seed),
+            budget: CaptureBudget::new(config.capture.max_buffered_bytes),
             config,
         }))
     }

@@ -24,6 +24,7 @@ pub const COUNTERS: &[&str] = &[
     "batches_failed_dispatch",
     "bytes_sent",
     "bodies_truncated",
+    "bodies_truncated_budget",
     "backoffs",
 ];
 
