@@ -6,8 +6,6 @@ pub struct BodyCapture {
     data: Vec<u8>,
     cap: usize,
     size: u64,
-    /// Bytes the cap allowed were not copied because the worker's budget was spent.
-    cut_by_budget: bool,
 }
 
 impl BodyCapture {
@@ -16,7 +14,6 @@ impl BodyCapture {
             data: Vec::new(),
             cap: usize::try_from(cap).unwrap_or(usize::MAX),
             size: 0,
-            cut_by_budget: false,
         }
     }
 
@@ -34,13 +31,10 @@ impl BodyCapture {
         self.size = self.size.saturating_add(chunk_len as u64);
     }
 
-    /// Records that the worker's capture budget granted less than `wanted` asked for.
-    pub fn mark_cut_by_budget(&mut self) {
-        self.cut_by_budget = true;
-    }
-
+    /// Fewer bytes were kept than the cap allowed: only the worker's capture budget (which
+    /// grants less than `wanted`) makes that happen.
     pub fn cut_by_budget(&self) -> bool {
-        self.cut_by_budget
+        (self.data.len() as u64) < self.size.min(self.cap as u64)
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -88,6 +82,17 @@ mod tests {
         body.add(4, b"abcd");
         assert_eq!(body.bytes(), b"ab");
         assert_eq!(body.size(), 4);
+    }
+
+    #[test]
+    fn keeping_less_than_wanted_is_a_budget_cut() {
+        let mut body = BodyCapture::new(5);
+        body.add(4, b"ab");
+        assert!(body.cut_by_budget());
+        let mut capped = BodyCapture::new(2);
+        capped.add(4, b"ab");
+        assert!(!capped.cut_by_budget(), "cut by the cap, not the budget");
+        assert!(!BodyCapture::new(5).cut_by_budget());
     }
 
     #[test]

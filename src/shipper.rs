@@ -347,7 +347,8 @@ mod tests {
         s.capture_request(&r, 0);
         assert_eq!(s.counters().bodies_truncated, 1);
         assert_eq!(s.counters().bodies_truncated_budget, 0);
-        r.body.mark_cut_by_budget();
+        r.body = BodyCapture::new(5);
+        r.body.add(4, b"a");
         s.capture_request(&r, 0);
         assert_eq!(s.counters().bodies_truncated, 2);
         assert_eq!(s.counters().bodies_truncated_budget, 1);

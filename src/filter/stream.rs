@@ -37,10 +37,10 @@ impl MirrorStream {
     }
 
     /// Copies up to `wanted` bytes of the current body chunk, within the worker's capture
-    /// budget; also says whether the budget granted less than wanted.
-    fn copy_chunk(&mut self, wanted: usize, buffer: BufferType) -> (Vec<u8>, bool) {
+    /// budget.
+    fn copy_chunk(&mut self, wanted: usize, buffer: BufferType) -> Vec<u8> {
         if wanted == 0 {
-            return (Vec::new(), false);
+            return Vec::new();
         }
         let granted = self
             .worker
@@ -57,7 +57,7 @@ impl MirrorStream {
             Vec::new()
         };
         self.release(granted.saturating_sub(chunk.len()));
-        (chunk, granted < wanted)
+        chunk
     }
 
     /// Gives body bytes back to the worker's budget (their record was queued or dropped).
@@ -193,11 +193,8 @@ impl HttpContext for MirrorStream {
             .request
             .as_ref()
             .map_or(0, |r| r.body.wanted(body_size));
-        let (chunk, cut) = self.copy_chunk(wanted, BufferType::HttpRequestBody);
+        let chunk = self.copy_chunk(wanted, BufferType::HttpRequestBody);
         if let Some(request) = &mut self.request {
-            if cut {
-                request.body.mark_cut_by_budget();
-            }
             request.body.add(body_size, &chunk);
             if end_of_stream {
                 self.queue_request(true, now_ns());
@@ -234,10 +231,7 @@ impl HttpContext for MirrorStream {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.response_started {
             let wanted = self.response.body.wanted(body_size);
-            let (chunk, cut) = self.copy_chunk(wanted, BufferType::HttpResponseBody);
-            if cut {
-                self.response.body.mark_cut_by_budget();
-            }
+            let chunk = self.copy_chunk(wanted, BufferType::HttpResponseBody);
             self.response.body.add(body_size, &chunk);
             self.response.complete = end_of_stream;
         }
