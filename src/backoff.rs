@@ -81,6 +81,8 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn backs_off_after_repeated_failures_and_grows() {

@@ -154,6 +154,8 @@ impl BatchQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn config(max_records: u64, max_bytes: u64, max_queue_bytes: u64) -> BatchConfig {
         BatchConfig {

@@ -53,6 +53,8 @@ impl BodyCapture {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn keeps_up_to_the_cap_and_counts_everything() {

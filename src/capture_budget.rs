@@ -34,6 +34,8 @@ impl CaptureBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn grants_up_to_the_limit_and_frees_on_release() {

@@ -55,6 +55,8 @@ pub fn header_text(headers: &[(String, Vec<u8>)], name: &str) -> Option<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn pair(name: &str, value: &[u8]) -> (String, Vec<u8>) {
         (name.to_owned(), value.to_vec())

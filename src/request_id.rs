@@ -25,6 +25,8 @@ impl IdGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn ids_are_distinct_within_and_across_generators() {
