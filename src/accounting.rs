@@ -39,6 +39,8 @@ pub struct Gauges {
     pub queued_bytes: u64,
     pub queued_records: u64,
     pub inflight_records: u64,
+    /// The VM's linear memory. Only the filter layer can read it; the core leaves it 0.
+    pub wasm_memory_bytes: u64,
 }
 
 impl Counters {
@@ -90,11 +92,12 @@ impl Counters {
 }
 
 impl Gauges {
-    pub fn named(&self) -> [(&'static str, u64); 3] {
+    pub fn named(&self) -> [(&'static str, u64); 4] {
         [
             ("queued_bytes", self.queued_bytes),
             ("queued_records", self.queued_records),
             ("inflight_records", self.inflight_records),
+            ("wasm_memory_bytes", self.wasm_memory_bytes),
         ]
     }
 }
@@ -113,6 +116,8 @@ pub(crate) fn balanced(counters: &Counters, gauges: &Gauges) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn failures_are_counted_by_reason_and_records_dropped() {

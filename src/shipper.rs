@@ -189,6 +189,7 @@ impl Shipper {
             queued_bytes: self.queue.queued_bytes(),
             queued_records: self.queue.queued_records(),
             inflight_records: self.queue.inflight_records(),
+            ..Gauges::default()
         }
     }
 }
@@ -198,6 +199,8 @@ mod tests {
     use super::*;
     use crate::accounting::balanced;
     use crate::backoff::{FAILURES_BEFORE_BACKOFF, FIRST_BACKOFF_MS};
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn config(max_records: u64) -> Config {
         let mut config = Config::parse(br#"{"node":{"cluster":"n","timeout_ms":100}}"#).unwrap();

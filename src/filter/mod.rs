@@ -4,6 +4,8 @@ mod host;
 mod metrics;
 mod root;
 mod stream;
+#[cfg(feature = "test-trap")]
+mod trap;
 mod worker;
 
 use proxy_wasm::types::LogLevel;

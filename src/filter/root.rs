@@ -1,10 +1,11 @@
 //! The root context of a worker: reads the configuration, owns the batch transport (only a
 //! root context's calls outlive the stream that queued a record) and publishes metrics.
 
-use super::host::{now_ns, ns_to_ms, random_seed};
+use super::host::{linear_memory_bytes, now_ns, ns_to_ms, random_seed};
 use super::metrics::Metrics;
 use super::stream::MirrorStream;
 use super::worker::{SharedWorker, Worker};
+use crate::accounting::Gauges;
 use crate::config::Config;
 use crate::shipper::{Reply, REPLY_BODY_PREFIX};
 use log::error;
@@ -70,7 +71,10 @@ impl MirrorRoot {
         let Ok(worker) = worker.try_borrow() else {
             return;
         };
-        let gauges = worker.shipper.gauges();
+        let gauges = Gauges {
+            wasm_memory_bytes: linear_memory_bytes(),
+            ..worker.shipper.gauges()
+        };
         self.metrics.publish(worker.shipper.counters(), &gauges);
     }
 }

