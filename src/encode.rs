@@ -5,8 +5,9 @@ use crate::record::{RequestRecord, ResponseRecord};
 
 pub const WIRE_VERSION: u64 = 1;
 
-/// Thin writer over `rmp`: writing to a `Vec` cannot fail, so results are dropped here once
-/// rather than checked at every call.
+/// Msgpack written by hand straight into the buffer: one capacity check per record and no
+/// `io::Write` layers per value, which made up most of the encoder's instructions with `rmp`.
+/// Every value uses msgpack's shortest form.
 struct Writer<'a>(&'a mut Vec<u8>);
 
 /// Msgpack lengths are u32; nothing we capture comes near (bodies are capped far below), but
@@ -15,9 +16,82 @@ fn len32(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
 }
 
+/// Marker bytes (msgpack spec).
+mod marker {
+    pub const FIXMAP: u8 = 0x80;
+    pub const FIXARRAY: u8 = 0x90;
+    pub const FIXSTR: u8 = 0xa0;
+    pub const FALSE: u8 = 0xc2;
+    pub const TRUE: u8 = 0xc3;
+    pub const BIN8: u8 = 0xc4;
+    pub const BIN16: u8 = 0xc5;
+    pub const BIN32: u8 = 0xc6;
+    pub const UINT8: u8 = 0xcc;
+    pub const UINT16: u8 = 0xcd;
+    pub const UINT32: u8 = 0xce;
+    pub const UINT64: u8 = 0xcf;
+    pub const STR8: u8 = 0xd9;
+    pub const STR16: u8 = 0xda;
+    pub const STR32: u8 = 0xdb;
+    pub const ARRAY16: u8 = 0xdc;
+    pub const ARRAY32: u8 = 0xdd;
+    pub const MAP16: u8 = 0xde;
+    pub const MAP32: u8 = 0xdf;
+}
+
+/// Room a header list takes at most: per pair a 1-byte array marker and two 5-byte length
+/// prefixes around the bytes themselves.
+fn headers_room(headers: &[(String, Vec<u8>)]) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| 11 + name.len() + value.len())
+        .sum::<usize>()
+        + 5
+}
+
 impl Writer<'_> {
+    /// A container or byte-string length: the short form's marker if it fits, else the
+    /// marker of the 8/16/32-bit form (`wide8` is `None` where msgpack has no 8-bit form).
+    fn len(
+        &mut self,
+        len: u32,
+        short: Option<(u8, u32)>,
+        wide8: Option<u8>,
+        wide16: u8,
+        wide32: u8,
+    ) {
+        match (short, wide8) {
+            (Some((marker, max)), _) if len <= max => self.0.push(marker | len as u8),
+            (_, Some(marker)) if len <= 0xff => self.0.extend_from_slice(&[marker, len as u8]),
+            _ if len <= 0xffff => {
+                self.0.push(wide16);
+                self.0.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                self.0.push(wide32);
+                self.0.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+    }
+
     fn map(&mut self, len: u32) {
-        let _ = rmp::encode::write_map_len(self.0, len);
+        self.len(
+            len,
+            Some((marker::FIXMAP, 15)),
+            None,
+            marker::MAP16,
+            marker::MAP32,
+        );
+    }
+
+    fn array(&mut self, len: u32) {
+        self.len(
+            len,
+            Some((marker::FIXARRAY, 15)),
+            None,
+            marker::ARRAY16,
+            marker::ARRAY32,
+        );
     }
 
     fn key(&mut self, key: &str) {
@@ -25,23 +99,51 @@ impl Writer<'_> {
     }
 
     fn str(&mut self, value: &str) {
-        let value = value
-            .get(..value.len().min(u32::MAX as usize))
-            .unwrap_or("");
-        let _ = rmp::encode::write_str(self.0, value);
+        let value = value.as_bytes();
+        let value = value.get(..len32(value.len()) as usize).unwrap_or_default();
+        let short = Some((marker::FIXSTR, 31));
+        self.len(
+            len32(value.len()),
+            short,
+            Some(marker::STR8),
+            marker::STR16,
+            marker::STR32,
+        );
+        self.0.extend_from_slice(value);
     }
 
     fn bin(&mut self, value: &[u8]) {
         let value = value.get(..len32(value.len()) as usize).unwrap_or_default();
-        let _ = rmp::encode::write_bin(self.0, value);
+        self.len(
+            len32(value.len()),
+            None,
+            Some(marker::BIN8),
+            marker::BIN16,
+            marker::BIN32,
+        );
+        self.0.extend_from_slice(value);
     }
 
     fn uint(&mut self, value: u64) {
-        let _ = rmp::encode::write_uint(self.0, value);
+        if value < 0x80 {
+            self.0.push(value as u8);
+        } else if value <= 0xff {
+            self.0.extend_from_slice(&[marker::UINT8, value as u8]);
+        } else if value <= 0xffff {
+            self.0.push(marker::UINT16);
+            self.0.extend_from_slice(&(value as u16).to_be_bytes());
+        } else if value <= 0xffff_ffff {
+            self.0.push(marker::UINT32);
+            self.0.extend_from_slice(&(value as u32).to_be_bytes());
+        } else {
+            self.0.push(marker::UINT64);
+            self.0.extend_from_slice(&value.to_be_bytes());
+        }
     }
 
     fn bool(&mut self, value: bool) {
-        let _ = rmp::encode::write_bool(self.0, value);
+        self.0
+            .push(if value { marker::TRUE } else { marker::FALSE });
     }
 
     fn str_field(&mut self, key: &str, value: &str) {
@@ -62,9 +164,9 @@ impl Writer<'_> {
     /// `[[name, value], …]`; a value is a str when it is valid UTF-8, a bin otherwise.
     fn headers_field(&mut self, key: &str, headers: &[(String, Vec<u8>)]) {
         self.key(key);
-        let _ = rmp::encode::write_array_len(self.0, len32(headers.len()));
+        self.array(len32(headers.len()));
         for (name, value) in headers {
-            let _ = rmp::encode::write_array_len(self.0, 2);
+            self.array(2);
             self.str(name);
             match std::str::from_utf8(value) {
                 Ok(text) => self.str(text),
@@ -91,6 +193,28 @@ impl Writer<'_> {
 
 /// Appends the request record to `out`.
 pub fn encode_request(record: &RequestRecord, out: &mut Vec<u8>) {
+    // Field names and fixed-size values stay well under this.
+    const FIXED_ROOM: usize = 256;
+    out.reserve(
+        FIXED_ROOM
+            + [
+                &record.id,
+                &record.method,
+                &record.scheme,
+                &record.authority,
+                &record.path,
+                &record.protocol,
+                &record.source,
+                &record.destination,
+            ]
+            .iter()
+            .map(|text| text.len() + 5)
+            .sum::<usize>()
+            + headers_room(&record.headers)
+            + headers_room(&record.trailers)
+            + record.body.bytes().len()
+            + 5,
+    );
     let mut w = Writer(out);
     w.common(14, "request", &record.id, record.ts_ns);
     w.str_field("method", &record.method);
@@ -109,6 +233,17 @@ pub fn encode_request(record: &RequestRecord, out: &mut Vec<u8>) {
 
 /// Appends the response record to `out`.
 pub fn encode_response(record: &ResponseRecord, out: &mut Vec<u8>) {
+    const FIXED_ROOM: usize = 256;
+    out.reserve(
+        FIXED_ROOM
+            + record.id.len()
+            + record.details.len()
+            + 10
+            + headers_room(&record.headers)
+            + headers_room(&record.trailers)
+            + record.body.bytes().len()
+            + 5,
+    );
     let mut w = Writer(out);
     w.common(9, "response", &record.id, record.ts_ns);
     w.uint_field("status", u64::from(record.status));
@@ -125,6 +260,8 @@ mod tests {
     use super::*;
     use crate::body::BodyCapture;
     use rmpv::Value;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn decode_all(mut bytes: &[u8]) -> Vec<Value> {
         let mut values = Vec::new();
@@ -281,5 +418,54 @@ mod tests {
             get(r, "trailers").as_array().unwrap()[0],
             Value::Array(vec![Value::from("x-checksum"), Value::from("abc")])
         );
+    }
+
+    /// Every length class against `rmp`, an independent msgpack writer: the same, shortest,
+    /// bytes at each boundary.
+    #[test]
+    fn values_match_rmp_at_every_length_boundary() {
+        let lengths = [0, 1, 15, 16, 31, 32, 255, 256, 65535, 65536];
+        for len in lengths {
+            let text = "a".repeat(len);
+            let mut ours = Vec::new();
+            let mut w = Writer(&mut ours);
+            w.str(&text);
+            w.bin(text.as_bytes());
+            w.map(len as u32);
+            w.array(len as u32);
+            let mut theirs = Vec::new();
+            rmp::encode::write_str(&mut theirs, &text).unwrap();
+            rmp::encode::write_bin(&mut theirs, text.as_bytes()).unwrap();
+            rmp::encode::write_map_len(&mut theirs, len as u32).unwrap();
+            rmp::encode::write_array_len(&mut theirs, len as u32).unwrap();
+            assert!(ours == theirs, "length {len}");
+        }
+        let uints = [
+            0,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65535,
+            65536,
+            u32::MAX as u64,
+            u32::MAX as u64 + 1,
+            u64::MAX,
+        ];
+        for value in uints {
+            let mut ours = Vec::new();
+            Writer(&mut ours).uint(value);
+            let mut theirs = Vec::new();
+            rmp::encode::write_uint(&mut theirs, value).unwrap();
+            assert_eq!(ours, theirs, "uint {value}");
+        }
+        for value in [false, true] {
+            let mut ours = Vec::new();
+            Writer(&mut ours).bool(value);
+            let mut theirs = Vec::new();
+            rmp::encode::write_bool(&mut theirs, value).unwrap();
+            assert_eq!(ours, theirs, "bool {value}");
+        }
     }
 }

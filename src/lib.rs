@@ -1,7 +1,8 @@
 //! oob-mirror: copies every API exchange out-of-band to a security analysis node.
 //!
-//! Everything but `filter` is host-free plain Rust with native unit tests; `filter` is the
-//! thin layer that talks to the Proxy-Wasm host and exists only in the wasm32 build.
+//! Everything but `filter` is host-free plain Rust with unit tests that run natively and on
+//! wasm32 (`make test-wasm`); `filter` is the thin layer that talks to the Proxy-Wasm host and
+//! exists only in the module built for Envoy (wasm32-wasip1).
 
 pub mod accounting;
 pub mod backoff;
@@ -9,10 +10,11 @@ pub mod batch;
 pub mod body;
 pub mod capture_budget;
 pub mod config;
+pub mod connection_facts;
 pub mod encode;
 pub mod record;
 pub mod request_id;
 pub mod shipper;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod filter;

@@ -535,3 +535,56 @@ fn metrics_are_exported_to_prometheus() {
     }
     assert_eq!(st.get("records_sent"), 2, "{st:?}");
 }
+
+/// Connection facts are remembered per connection (see `src/connection_facts.rs`): every
+/// record must still carry its own connection's, with keep-alive requests interleaved across
+/// connections and HTTP/1.1 next to HTTP/2.
+#[test]
+fn each_record_carries_its_own_connections_facts() {
+    let rig = Rig::start();
+    let addr = rig.envoy.addr();
+    let mut sent = Vec::new(); // (id, protocol, client address)
+    rig.client.runtime().block_on(async {
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            conns.push(support::client::H1Conn::connect(addr).await.unwrap());
+        }
+        for round in 0..3 {
+            for conn in conns.iter_mut() {
+                let resp = conn
+                    .send(&Req::get(&format!("/echo/conn?round={round}")))
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status, 200);
+                let id = Echo::parse(&resp.body).request_id();
+                sent.push((id, "HTTP/1.1", resp.local_addr.unwrap().to_string()));
+            }
+        }
+    });
+    for _ in 0..2 {
+        let resp = rig.send(&Req::get("/echo/conn?h2").proto(Proto::H2));
+        assert_eq!(resp.status, 200);
+        let id = Echo::parse(&resp.body).request_id();
+        sent.push((id, "HTTP/2", resp.local_addr.unwrap().to_string()));
+    }
+    let sources: std::collections::HashSet<_> = sent.iter().map(|(_, _, a)| a.clone()).collect();
+    assert!(
+        sources.len() >= 4,
+        "expected distinct connections: {sources:?}"
+    );
+    for (id, protocol, source) in &sent {
+        let (req, _) = wait_exchange(&rig.envoy, &rig.node, id, EVENTUALLY);
+        assert_eq!(req.protocol.as_deref(), Some(*protocol), "exchange {id}");
+        assert_eq!(
+            req.source.as_deref(),
+            Some(source.as_str()),
+            "exchange {id}"
+        );
+        assert_eq!(
+            req.destination.as_deref(),
+            Some(addr.to_string().as_str()),
+            "exchange {id}"
+        );
+        assert_eq!(req.tls, Some(false), "exchange {id}");
+    }
+}

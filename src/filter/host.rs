@@ -1,5 +1,6 @@
 //! Small, panic-free reads from the host: time and Envoy attributes.
 
+use crate::connection_facts::ConnectionFacts;
 use proxy_wasm::hostcalls;
 use std::time::UNIX_EPOCH;
 
@@ -33,8 +34,23 @@ pub fn property_int(path: &[&str]) -> Option<i64> {
 }
 
 /// Whether the downstream connection is TLS: Envoy sets `connection.tls_version` only then.
-pub fn downstream_tls() -> bool {
+fn downstream_tls() -> bool {
     property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty())
+}
+
+/// The downstream connection's facts, read from the host (four attribute reads).
+pub fn read_connection_facts() -> ConnectionFacts {
+    ConnectionFacts {
+        protocol: property_text(&["request", "protocol"]),
+        source: property_text(&["source", "address"]),
+        destination: property_text(&["destination", "address"]),
+        tls: downstream_tls(),
+    }
+}
+
+/// Envoy's id of the downstream connection (unique for the process's lifetime).
+pub fn connection_id() -> Option<u64> {
+    property_int(&["connection", "id"]).and_then(|id| u64::try_from(id).ok())
 }
 
 /// Per-VM seed for generated ids: std's RandomState draws from the host's random source.
@@ -43,4 +59,11 @@ pub fn random_seed() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(now_ns());
     hasher.finish()
+}
+
+/// Bytes of this VM's linear memory: what Envoy holds for it. Wasm memory never shrinks, so
+/// this is the VM's high-water mark.
+pub fn linear_memory_bytes() -> u64 {
+    const WASM_PAGE_BYTES: u64 = 65536;
+    (core::arch::wasm32::memory_size::<0>() as u64).saturating_mul(WASM_PAGE_BYTES)
 }

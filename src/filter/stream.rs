@@ -1,9 +1,12 @@
 //! One HTTP stream: copies what passes into the two records and hands them to the worker's
 //! shipper. Every callback returns `Continue`; nothing here holds or changes client traffic.
 
-use super::host::{downstream_tls, now_ns, ns_to_ms, property_int, property_text};
+use super::host::{
+    connection_id, now_ns, ns_to_ms, property_int, property_text, read_connection_facts,
+};
 use super::worker::SharedWorker;
 use crate::body::BodyCapture;
+use crate::connection_facts::ConnectionFacts;
 use crate::record::{header_text, split_pseudo_headers, RequestRecord, ResponseRecord};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -82,6 +85,19 @@ impl MirrorStream {
             })
     }
 
+    /// The downstream connection's facts, read from the host once per connection.
+    fn connection_facts(&self) -> ConnectionFacts {
+        let worker = self.worker.as_ref().and_then(|w| w.try_borrow_mut().ok());
+        let cached = match (worker, connection_id()) {
+            (Some(mut worker), Some(id)) => worker
+                .connections
+                .get_or_read(id, read_connection_facts)
+                .cloned(),
+            _ => None,
+        };
+        cached.unwrap_or_else(read_connection_facts)
+    }
+
     fn next_id(&self) -> String {
         self.worker
             .as_ref()
@@ -97,6 +113,7 @@ impl MirrorStream {
             _ => self.next_id(),
         };
         let (request_cap, response_cap) = self.body_caps();
+        let connection = self.connection_facts();
         let text = |name| header_text(&pseudo, name).unwrap_or_default();
         self.request = Some(RequestRecord {
             id: id.clone(),
@@ -105,10 +122,10 @@ impl MirrorStream {
             scheme: text(":scheme"),
             authority: text(":authority"),
             path: text(":path"),
-            protocol: property_text(&["request", "protocol"]),
-            source: property_text(&["source", "address"]),
-            destination: property_text(&["destination", "address"]),
-            tls: downstream_tls(),
+            protocol: connection.protocol,
+            source: connection.source,
+            destination: connection.destination,
+            tls: connection.tls,
             headers,
             trailers: Vec::new(),
             body: BodyCapture::new(request_cap),
@@ -178,6 +195,8 @@ impl Context for MirrorStream {}
 
 impl HttpContext for MirrorStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "test-trap")]
+        super::trap::trap_if_asked();
         if self.worker.is_some() {
             let ts_ns = now_ns();
             self.start_request(ts_ns);

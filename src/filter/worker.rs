@@ -2,6 +2,7 @@
 
 use crate::capture_budget::CaptureBudget;
 use crate::config::Config;
+use crate::connection_facts::ConnectionFactsCache;
 use crate::request_id::IdGenerator;
 use crate::shipper::Shipper;
 use std::cell::RefCell;
@@ -13,10 +14,14 @@ pub struct Worker {
     pub shipper: Shipper,
     pub ids: IdGenerator,
     pub budget: CaptureBudget,
+    pub connections: ConnectionFactsCache,
 }
 
 /// One VM runs on one thread: `Rc<RefCell>` is the whole synchronisation needed.
 pub type SharedWorker = Rc<RefCell<Worker>>;
+
+/// Slots for connection facts per worker (a few hundred bytes each when used).
+const REMEMBERED_CONNECTIONS: usize = 1024;
 
 impl Worker {
     pub fn shared(config: Config, seed: u64) -> SharedWorker {
@@ -24,6 +29,7 @@ impl Worker {
             shipper: Shipper::new(&config),
             ids: IdGenerator::new(seed),
             budget: CaptureBudget::new(config.capture.max_buffered_bytes),
+            connections: ConnectionFactsCache::new(REMEMBERED_CONNECTIONS),
             config,
         }))
     }

@@ -1,0 +1,93 @@
+//! Runs the host-free half of what the filter does per exchange — encode a request and a
+//! response record into the worker's queue, cut batches, complete them — with records shaped
+//! like the benchmark's traffic. Under `valgrind --tool=callgrind` (`make profile`) it tells
+//! how many instructions the filter's own code costs per exchange, apart from Envoy's host
+//! calls, and which functions they go to.
+
+use oob_mirror::body::BodyCapture;
+use oob_mirror::config::Config;
+use oob_mirror::record::{RequestRecord, ResponseRecord};
+use oob_mirror::shipper::{Reply, Shipper};
+use std::hint::black_box;
+
+fn header(name: &str, value: &str) -> (String, Vec<u8>) {
+    (name.to_owned(), value.as_bytes().to_vec())
+}
+
+fn exchange(i: u64, body: &[u8]) -> (RequestRecord, ResponseRecord) {
+    let id = format!("5f0c7a8e-3d1b-4c5e-9a7f-{i:012x}");
+    let mut request_body = BodyCapture::new(65536);
+    request_body.add(body.len(), body);
+    let mut response_body = BodyCapture::new(65536);
+    response_body.add(
+        body.len().max(2),
+        if body.is_empty() { b"ok" } else { body },
+    );
+    let request = RequestRecord {
+        id: id.clone(),
+        ts_ns: 1_700_000_000_000_000_000 + i,
+        method: if body.is_empty() { "GET" } else { "POST" }.into(),
+        scheme: "http".into(),
+        authority: "127.0.0.1:10000".into(),
+        path: "/api/items?id=42".into(),
+        protocol: "HTTP/1.1".into(),
+        source: "127.0.0.1:53412".into(),
+        destination: "127.0.0.1:10000".into(),
+        tls: false,
+        headers: vec![
+            header("user-agent", "wrk"),
+            header("accept", "*/*"),
+            header("x-forwarded-proto", "http"),
+            header("x-request-id", &id),
+        ],
+        trailers: Vec::new(),
+        body: request_body,
+        complete: true,
+    };
+    let response = ResponseRecord {
+        id,
+        ts_ns: 1_700_000_000_000_100_000 + i,
+        status: 200,
+        details: "via_upstream".into(),
+        headers: vec![
+            header("content-type", "text/plain"),
+            header("content-length", "2"),
+            header("date", "Wed, 25 Nov 2026 01:00:00 GMT"),
+        ],
+        trailers: Vec::new(),
+        body: response_body,
+        complete: true,
+        duration_us: 180,
+    };
+    (request, response)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let exchanges: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let body_bytes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+    let Ok(config) = Config::parse(br#"{"node":{"cluster":"node"}}"#) else {
+        eprintln!("capture-profile: the built-in configuration was refused");
+        std::process::exit(1);
+    };
+    let body = vec![b'x'; body_bytes];
+    let records: Vec<_> = (0..256).map(|i| exchange(i, &body)).collect();
+    let mut shipper = Shipper::new(&config);
+    let mut token = 0u32;
+    let mut sent = 0u64;
+    for i in 0..exchanges {
+        let Some((request, response)) = records.get((i % 256) as usize) else {
+            continue;
+        };
+        let now_ms = i / 10;
+        shipper.capture_request(black_box(request), now_ms);
+        shipper.capture_response(black_box(response), now_ms);
+        while let Some(batch) = shipper.next_batch(now_ms) {
+            sent += batch.records;
+            token = token.wrapping_add(1);
+            shipper.dispatched(token, black_box(batch), now_ms);
+            shipper.reply(token, Reply::Status(200), now_ms);
+        }
+    }
+    println!("exchanges {exchanges}, body {body_bytes} B, records sent {sent}");
+}
