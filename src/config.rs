@@ -90,9 +90,36 @@ pub struct ConfigError {
 }
 
 impl fmt::Display for ConfigError {
+    /// One line whatever the input: control characters (a key can hold `\n`) are escaped.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
+        let text = format!("{}: {}", self.field, self.reason);
+        for c in text.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
     }
+}
+
+/// Whether the JSON holds an array outside string literals. No field is an array, but serde's
+/// derived structs would also read one positionally (`{"node":["n"]}`), which nobody means.
+fn has_array(json: &[u8]) -> bool {
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in json {
+        match (in_string, escaped, byte) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[') => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 fn refuse(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -111,8 +138,17 @@ impl Config {
                 "required (the configuration is empty)",
             ));
         }
+        if has_array(bytes) {
+            return Err(refuse(
+                "configuration",
+                "arrays are not accepted: every section is a JSON object",
+            ));
+        }
         let mut json = serde_json::Deserializer::from_slice(bytes);
         let config: Config = serde_path_to_error::deserialize(&mut json).map_err(from_serde)?;
+        // One JSON value and nothing after it: `{...} junk` is a broken file, not a config.
+        json.end()
+            .map_err(|err| refuse("configuration", err.to_string()))?;
         config.check()?;
         Ok(config)
     }
@@ -198,6 +234,8 @@ fn from_serde(err: serde_path_to_error::Error<serde_json::Error>) -> ConfigError
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn only_cluster_is_required_and_defaults_apply() {
@@ -281,5 +319,42 @@ mod tests {
     fn message_reads_as_one_line() {
         let err = Config::parse(br#"{"node":{"cluster":" "}}"#).unwrap_err();
         assert_eq!(err.to_string(), "node.cluster: must not be empty");
+    }
+
+    #[test]
+    fn trailing_bytes_after_the_object_are_refused() {
+        for text in [
+            r#"{"node":{"cluster":"n"}} junk"#,
+            r#"{"node":{"cluster":"n"}}{"node":{"cluster":"m"}}"#,
+        ] {
+            let err = Config::parse(text.as_bytes()).unwrap_err();
+            assert_eq!(err.field, "configuration", "{text}: {err}");
+            assert!(err.reason.contains("trailing"), "{text}: {err}");
+        }
+        // Whitespace after the object is fine.
+        assert!(Config::parse(b"{\"node\":{\"cluster\":\"n\"}}\n ").is_ok());
+    }
+
+    #[test]
+    fn arrays_in_place_of_objects_are_refused() {
+        for text in [
+            r#"[["n"]]"#,
+            r#"{"node":["n","a","/p",5]}"#,
+            r#"{"node":{"cluster":"n"},"batch":[1]}"#,
+        ] {
+            let err = Config::parse(text.as_bytes()).unwrap_err();
+            assert_eq!(err.field, "configuration", "{text}: {err}");
+        }
+        // Brackets inside strings are text, not arrays.
+        let config = Config::parse(br#"{"node":{"cluster":"outbound|9090||[x]\"]"}}"#).unwrap();
+        assert_eq!(config.node.cluster, "outbound|9090||[x]\"]");
+    }
+
+    #[test]
+    fn a_refusal_is_one_line_whatever_the_keys_hold() {
+        let err = Config::parse(b"{\"node\":{\"cluster\":\"n\",\"a\\nb\":1}}").unwrap_err();
+        let line = err.to_string();
+        assert!(!line.contains('\n'), "{line:?}");
+        assert!(line.contains("a\\nb"), "{line:?}");
     }
 }
