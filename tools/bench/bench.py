@@ -1,0 +1,829 @@
+#!/usr/bin/env python3
+"""`make bench`: oob-mirror side by side with the other ways to copy traffic
+out of Envoy, plus Envoy's idle memory with and without the module.
+
+Cases, all on the same Envoy binary with --concurrency 1, behind the same
+upstream (nginx serving fixed files) and loaded by wrk:
+  (a) no filter            (b) oob-mirror (dist/oob_mirror.wasm)
+  (c) native mirroring     (d) Lua filter, async httpCall with headers + body
+  (e) ext_proc, observability mode, headers and streamed bodies both ways
+each with the node up and down (port closed), for GET, 1 KiB and 64 KiB POSTs.
+The HTTP node of (b)-(d) is a second Envoy answering 200 (node-envoy.yaml); the
+node of (e) is tools/extproc-sink.
+
+Environment: ENVOY_BIN (default .venv/bin/envoy; `make bench` passes its own),
+OOB_MIRROR_WASM (default dist/oob_mirror.wasm), EXTPROC_SINK, NGINX_BIN.
+Writes bench/results.json and renders bench/results.md from it. `--only memory`
+or `--only throughput` re-runs one part and keeps the other from results.json.
+Python 3 standard library only. Every process started is stopped and reaped,
+on failure and on Ctrl-C too; a process that fails prints its log.
+"""
+
+import argparse
+import datetime
+import hashlib
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+OUT_DIR = ROOT / "bench"
+WORK = ROOT / "target" / "bench"
+
+READY_TIMEOUT_S = 60  # Envoy compiles the Wasm module at start-up
+# ext_proc in observability mode holds a stream whose exchange was cut short
+# (wrk stops mid-request) for deferred_close_timeout, 5 s by default.
+DRAIN_TIMEOUT_S = 8
+SMALL_BODY_BYTES = 128  # what a GET gets back
+MEMORY_IDLE_S = 3
+MEMORY_REQUESTS = 100
+
+
+class Case:
+    def __init__(self, key, name, fragment, node):
+        self.key = key
+        self.name = name
+        self.fragment = fragment  # file in cases/, None for the bare Envoy
+        self.node = node  # "http", "grpc" or None: which node the case talks to
+
+
+CASES = [
+    Case("a", "no filter", None, None),
+    Case("b", "oob-mirror", "oob-mirror.yaml", "http"),
+    Case("c", "native mirror", "native-mirror.yaml", "http"),
+    Case("d", "Lua httpCall", "lua.yaml", "http"),
+    Case("e", "ext_proc observability", "ext-proc.yaml", "grpc"),
+]
+
+
+class Payload:
+    def __init__(self, key, name, path, size):
+        self.key = key
+        self.name = name
+        self.path = path
+        self.size = size  # request body bytes; 0 = GET
+
+    @property
+    def response_bytes(self):
+        return self.size or SMALL_BODY_BYTES
+
+
+PAYLOADS = [
+    Payload("get", "GET", "/small", 0),
+    Payload("1k", "1 KiB POST", "/1k", 1024),
+    Payload("64k", "64 KiB POST", "/64k", 65536),
+]
+
+
+class BenchError(Exception):
+    pass
+
+
+# --- processes ---------------------------------------------------------------
+
+RUNNING = []
+
+# The measured Envoy gets a core of its own and everything else (load generator, upstream,
+# node) shares the other, so requests/s follow the proxy's cost, not a fight for cores.
+PROXY_CPU, PEERS_CPU = ("0", "1") if (os.cpu_count() or 1) >= 2 else (None, None)
+
+
+def pinned(argv, cpus):
+    return ["taskset", "-c", cpus, *argv] if cpus else list(argv)
+
+
+class Proc:
+    """A child process logging to a file; stop() kills and reaps it."""
+
+    def __init__(self, name, argv, stdout=None, cpus=PEERS_CPU):
+        argv = pinned(argv, cpus)
+        self.name = name
+        self.log_path = WORK / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(
+            [str(a) for a in argv],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else self._log,
+            stderr=self._log,
+        )
+        RUNNING.append(self)
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def log_tail(self, lines=60):
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def fail(self, what):
+        raise BenchError(f"{self.name}: {what}\n----- {self.name} log (last lines) -----\n"
+                         f"{self.log_tail()}")
+
+    def stop(self):
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        if self in RUNNING:
+            RUNNING.remove(self)
+
+
+def stop_all():
+    for proc in list(reversed(RUNNING)):
+        proc.stop()
+
+
+def wait_until(what, check, timeout_s, proc=None):
+    """Polls check() until it returns a true value; fails if proc dies."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if proc is not None and not proc.alive():
+            proc.fail(f"exited ({proc.popen.returncode}) while waiting for {what}")
+        if time.monotonic() > deadline:
+            if proc is not None:
+                proc.fail(f"no {what} within {timeout_s} s")
+            raise BenchError(f"no {what} within {timeout_s} s")
+        time.sleep(0.05)
+
+
+def free_port():
+    """A port that was free a moment ago (for servers that cannot bind port 0
+    and tell us, and for "nothing listens here" endpoints)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, path, timeout=5):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def try_http_get(port, path):
+    try:
+        return http_get(port, path, timeout=2)
+    except OSError:
+        return None
+
+
+# --- /proc -------------------------------------------------------------------
+
+def cpu_ticks(pid):
+    """utime + stime of the whole process (all threads), in clock ticks."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def memory_kib(pid):
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    return values["VmRSS"], values["VmHWM"]
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --- Envoy -------------------------------------------------------------------
+
+class Envoy(Proc):
+    def __init__(self, name, config, concurrency, cpus=PEERS_CPU):
+        config_path = WORK / f"{name}.yaml"
+        config_path.write_text(config)
+        self.admin_path = WORK / f"{name}.admin"
+        self.admin_path.unlink(missing_ok=True)
+        super().__init__(name, [
+            ENVOY_BIN, "-c", config_path, "--concurrency", concurrency,
+            "--disable-hot-restart", "--admin-address-path", self.admin_path,
+            "--log-level", "warn",
+        ], cpus=cpus)
+        self.admin_port = wait_until("admin address", self._admin_port, READY_TIMEOUT_S, self)
+        wait_until("/ready", lambda: (try_http_get(self.admin_port, "/ready") or (0,))[0] == 200,
+                   READY_TIMEOUT_S, self)
+        self.port = wait_until("listener", self._listener_port, READY_TIMEOUT_S, self)
+        # .venv/bin/envoy is a Python wrapper that execs the real binary, so
+        # the pid we hold must now be Envoy itself, not Python.
+        exe = os.path.basename(os.readlink(f"/proc/{self.pid}/exe"))
+        if "python" in exe or "envoy" not in exe:
+            self.fail(f"pid {self.pid} runs {exe}, not envoy: CPU and RSS would be wrong")
+
+    def _admin_port(self):
+        try:
+            text = self.admin_path.read_text().strip()
+        except OSError:
+            return None
+        return int(text.rsplit(":", 1)[1]) if text else None
+
+    def _listener_port(self):
+        got = try_http_get(self.admin_port, "/listeners?format=json")
+        if not got or got[0] != 200:
+            return None
+        for listener in json.loads(got[1]).get("listener_statuses", []):
+            if listener.get("name") == "main":
+                port = listener["local_address"]["socket_address"].get("port_value", 0)
+                return port or None
+        return None
+
+    def stats(self, pattern):
+        """Counters and gauges whose name matches the regex, as {name: int}."""
+        status, body = http_get(self.admin_port, "/stats?filter=" + pattern.replace(" ", "%20"))
+        if status != 200:
+            self.fail(f"/stats answered {status}")
+        values = {}
+        for line in body.decode().splitlines():
+            name, sep, value = line.partition(": ")
+            if sep and value.strip().lstrip("-").isdigit():
+                values[name] = int(value)
+        return values
+
+    def stat(self, name):
+        return self.stats("^" + re.escape(name) + "$").get(name, 0)
+
+
+def render(template, values):
+    for key, value in values.items():
+        template = template.replace(f"@{key}@", str(value))
+    left = sorted(set(re.findall(r"@[A-Z_]+@", template)))
+    if left:
+        raise BenchError(f"template placeholders not filled in: {', '.join(left)}")
+    return template
+
+
+def fragment_sections(path):
+    """A case file's sections: {name: [lines]}, split at `# @section NAME`."""
+    sections, current = {}, None
+    for line in path.read_text().splitlines():
+        marker = re.fullmatch(r"# @section (\w+)", line.strip())
+        if marker:
+            current = sections.setdefault(marker.group(1), [])
+        elif current is not None:
+            current.append(line)
+    return sections
+
+
+def case_config(case, upstream_port, node_port, extproc_port):
+    sections = fragment_sections(HERE / "cases" / case.fragment) if case.fragment else {}
+    lines = []
+    for line in (HERE / "envoy.yaml").read_text().splitlines():
+        marker = re.fullmatch(r"(\s*)# @section (\w+)", line)
+        if marker:
+            indent, name = marker.groups()
+            lines.extend(indent + l if l.strip() else l for l in sections.pop(name, []))
+        else:
+            lines.append(line)
+    if sections:
+        raise BenchError(f"cases/{case.fragment}: no place in envoy.yaml for {sorted(sections)}")
+    return render("\n".join(lines) + "\n", {
+        "UPSTREAM_PORT": upstream_port, "NODE_PORT": node_port,
+        "EXTPROC_PORT": extproc_port, "WASM": WASM, "LUA": HERE / "mirror.lua",
+    })
+
+
+# --- the other servers ---------------------------------------------------------
+
+def start_upstream():
+    www = WORK / "www"
+    www.mkdir()
+    for payload in PAYLOADS:
+        (www / payload.path.lstrip("/")).write_bytes(b"u" * payload.response_bytes)
+    port = free_port()
+    conf = WORK / "nginx.conf"
+    conf.write_text(render((HERE / "nginx.conf").read_text(), {"DIR": WORK, "PORT": port}))
+    nginx = Proc("nginx", [NGINX, "-p", WORK, "-c", conf, "-e", WORK / "nginx-error.log"])
+    wait_until("nginx answering", lambda: try_http_get(port, "/small"), READY_TIMEOUT_S, nginx)
+    # The trick that makes nginx answer a POST with a file of the same size.
+    for payload in PAYLOADS:
+        status, body = post(port, payload)
+        if status != 200 or len(body) != payload.response_bytes:
+            nginx.fail(f"{payload.name} {payload.path}: {status}, {len(body)} bytes; "
+                       f"expected 200, {payload.response_bytes}")
+    nginx.port = port
+    return nginx
+
+
+def post(port, payload):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        if payload.size:
+            conn.request("POST", payload.path, body=b"b" * payload.size,
+                          headers={"Content-Type": "application/octet-stream"})
+        else:
+            conn.request("GET", payload.path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def start_node():
+    return Envoy("node-envoy", (HERE / "node-envoy.yaml").read_text(), 1)
+
+
+def start_extproc_sink():
+    out_path = WORK / "extproc-sink.out"
+    out = open(out_path, "wb")
+    sink = Proc("extproc-sink", [EXTPROC_SINK, "--listen", "127.0.0.1:0"], stdout=out)
+    sink.out_file, sink.out_path = out, out_path
+
+    def port():
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", sink.log_path.read_text())
+        return int(match.group(1)) if match else None
+
+    sink.port = wait_until("extproc-sink listening", port, READY_TIMEOUT_S, sink)
+    return sink
+
+
+def extproc_counts(sink):
+    """Stops the sink, which then prints what it counted."""
+    sink.stop()
+    sink.out_file.close()
+    text = sink.out_path.read_text().strip()
+    if not text:
+        sink.fail("printed no counts on exit")
+    return json.loads(text.splitlines()[-1])
+
+
+# --- one run -------------------------------------------------------------------
+
+def wrk(port, payload, seconds, connections):
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+            "-s", HERE / "post.lua", f"http://127.0.0.1:{port}{payload.path}", "--",
+            payload.size]
+    done = subprocess.run([str(a) for a in pinned(argv, PEERS_CPU)], capture_output=True, text=True,
+                          timeout=seconds + 60)
+    line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH ")), None)
+    if done.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return {k: int(v) for k, v in (f.split("=") for f in line.split()[1:])}
+
+
+FILTER_PREFIX = "wasmcustom.oob_mirror."
+FILTER_STATS = "^" + re.escape(FILTER_PREFIX)
+NODE_CLUSTER_STATS = (r"^cluster\.(oob_mirror_node|extproc)\.(upstream_rq_total|upstream_rq_active"
+                      r"|upstream_cx_connect_fail|upstream_rq_pending_overflow|upstream_rq_2xx)$")
+NODE_STATS = r"^http\.node\.(downstream_rq_total|downstream_cx_rx_bytes_total)$"
+
+
+class Drained:
+    """Every exchange has ended and nothing more is on its way to the node, so
+    the counts compare; queued records wait (in backoff) while the node is down.
+    The module publishes its metrics on its tick (10 ms), so for (b) the counts
+    must also read the same twice in a row (the poll is 50 ms apart)."""
+
+    def __init__(self, envoy, case, node_up):
+        self.envoy, self.case, self.node_up = envoy, case, node_up
+        self.last_filter_stats = None
+
+    def __call__(self):
+        envoy = self.envoy
+        if envoy.stat("http.bench.downstream_rq_active"):
+            return False
+        active = envoy.stats(r"^cluster\.(oob_mirror_node|extproc)\.upstream_rq_active$")
+        if any(active.values()):
+            return False
+        if self.case.key != "b":
+            return True
+        filter_stats = envoy.stats(FILTER_STATS)
+        stable = filter_stats == self.last_filter_stats
+        self.last_filter_stats = filter_stats
+        waiting = ("queued_records", "inflight_records") if self.node_up else ("inflight_records",)
+        return stable and not any(filter_stats.get(FILTER_PREFIX + k, 0) for k in waiting)
+
+
+def run_one(case, node_up, payload, ctx, args):
+    http_node = case.node == "http" and node_up
+    sink = start_extproc_sink() if case.node == "grpc" and node_up else None
+    closed = free_port()
+    config = case_config(case, ctx["upstream"].port,
+                         ctx["node"].port if http_node else closed,
+                         sink.port if sink else closed)
+    node = ctx["node"]
+    node_before = node.stats(NODE_STATS)
+    envoy = Envoy(f"envoy-{case.key}-{'up' if node_up else 'down'}-{payload.key}", config, 1,
+                  cpus=PROXY_CPU)
+    try:
+        status, body = post(envoy.port, payload)
+        if status != 200 or len(body) != payload.response_bytes:
+            envoy.fail(f"{payload.name} through Envoy: {status}, {len(body)} bytes")
+        if args.warmup > 0:
+            wrk(envoy.port, payload, args.warmup, args.connections)
+        ticks_before = cpu_ticks(envoy.pid)
+        result = wrk(envoy.port, payload, args.seconds, args.connections)
+        ticks = cpu_ticks(envoy.pid) - ticks_before
+        rss_kib, hwm_kib = memory_kib(envoy.pid)
+        try:
+            drained_ok = wait_until("drain", Drained(envoy, case, node_up), DRAIN_TIMEOUT_S)
+        except BenchError:
+            drained_ok = False
+        envoy_stats = envoy.stats(FILTER_STATS)
+        envoy_stats.update(envoy.stats(NODE_CLUSTER_STATS))
+        envoy_stats.update(envoy.stats(r"^http\.bench\.downstream_rq_(total|completed|2xx|5xx)$"))
+        envoy_stats.update(envoy.stats(r"^http\.bench\.ext_proc\."))
+    finally:
+        envoy.stop()
+    node_after = node.stats(NODE_STATS)
+    requests = result["requests"]
+    run = {
+        "case": case.key, "case_name": case.name, "node": "up" if node_up else "down",
+        "payload": payload.key, "payload_name": payload.name,
+        "requests": requests,
+        "rps": requests / (result["duration_us"] / 1e6),
+        "p50_ms": result["p50_us"] / 1000, "p99_ms": result["p99_us"] / 1000,
+        "max_ms": result["max_us"] / 1000,
+        "cpu_us_per_req": ticks * 1e6 / CLOCK_TICKS / max(requests, 1),
+        "cpu_cores": ticks / CLOCK_TICKS / (result["duration_us"] / 1e6),
+        "rss_mib": rss_kib / 1024, "hwm_mib": hwm_kib / 1024,
+        "non2xx": result["non2xx"],
+        "socket_errors": result["connect_errors"] + result["read_errors"]
+        + result["write_errors"] + result["timeouts"],
+        "wrk": result,
+        "drained": drained_ok,
+        "envoy_stats": envoy_stats,
+        "node_received": {k.split(".")[-1]: node_after.get(k, 0) - node_before.get(k, 0)
+                          for k in node_after},
+    }
+    if sink:
+        run["extproc_counts"] = extproc_counts(sink)
+    run["sanity"] = sanity(run, case, payload)
+    # Zeros say nothing and would only lengthen results.json.
+    run["envoy_stats"] = {k: v for k, v in envoy_stats.items() if v}
+    return run
+
+
+def sanity(run, case, payload):
+    """What the node got, in one line. Two kinds of remarks: "LOST" when the
+    case delivered less than everything while the node was up (a result, e.g.
+    the node or a limit could not keep up), "CHECK" when the run itself is not
+    sound (client errors, broken accounting, a node that is down receiving)."""
+    st = run["envoy_stats"]
+    total = st.get("http.bench.downstream_rq_total", 0)
+    # Exchanges wrk cut short when it stopped have no response; the ones that
+    # must show up in full are those that completed.
+    completed = st.get("http.bench.downstream_rq_completed", 0)
+    node = run["node_received"]
+    up = run["node"] == "up"
+    problems, losses = [], []
+
+    def expect(ok, what, into):
+        if not ok:
+            into.append(what)
+
+    if run["non2xx"] or run["socket_errors"]:
+        problems.append(f"{run['non2xx']} non-2xx, {run['socket_errors']} socket errors")
+    if not run["drained"]:
+        problems.append("mirror traffic not drained in time")
+    filt = {k[len(FILTER_PREFIX):]: v for k, v in st.items() if k.startswith(FILTER_PREFIX)}
+    if case.node is None:
+        text = f"{total} requests, node not used"
+    elif case.node == "grpc":
+        failed_open = st.get("http.bench.ext_proc.failure_mode_allowed", 0)
+        if up:
+            c = run.get("extproc_counts", {})
+            text = (f"{total} requests; sink: {c.get('streams')} streams, "
+                    f"{c.get('request_headers')} req + {c.get('response_headers')} resp headers, "
+                    f"{c.get('request_body_bytes', 0) / 2**20:.1f} + "
+                    f"{c.get('response_body_bytes', 0) / 2**20:.1f} MiB body")
+            expect(c.get("request_headers", 0) >= total, f"{total - c.get('request_headers', 0)} "
+                   f"requests not seen ({failed_open} streams failed open)", losses)
+            expect(c.get("response_headers", 0) >= completed,
+                   f"{completed - c.get('response_headers', 0)} responses not seen", losses)
+            expect(c.get("request_body_bytes", 0) >= completed * payload.size,
+                   "request bodies missing", losses)
+        else:
+            fails = st.get("cluster.extproc.upstream_cx_connect_fail", 0)
+            text = (f"{total} requests; {fails} refused connections to the processor, "
+                    f"{failed_open} streams failed open")
+    else:
+        got = node.get("downstream_rq_total", 0)
+        rx = node.get("downstream_cx_rx_bytes_total", 0)
+        overflow = st.get("cluster.oob_mirror_node.upstream_rq_pending_overflow", 0)
+        if case.key == "b":
+            captured = filt.get("records_captured", 0)
+            accounted = sum(filt.get(k, 0) for k in (
+                "records_sent", "records_dropped_queue_full", "records_dropped_node_failure",
+                "queued_records", "inflight_records"))
+            expect(captured == accounted, f"accounting off: captured {captured} != {accounted}",
+                   problems)
+            expect(captured == 2 * total, f"{captured} records for {total} exchanges", problems)
+            text = (f"{total} requests; {captured} records: {filt.get('records_sent', 0)} sent in "
+                    f"{got} batches ({rx / 2**20:.1f} MiB), "
+                    f"{filt.get('records_dropped_queue_full', 0)} dropped (queue full), "
+                    f"{filt.get('records_dropped_node_failure', 0)} dropped (node failure), "
+                    f"{filt.get('queued_records', 0)} queued; "
+                    f"{filt.get('backoffs', 0)} backoffs")
+            if up:
+                expect(filt.get("records_sent", 0) == captured,
+                       f"{captured - filt.get('records_sent', 0)} records not delivered", losses)
+        elif up:
+            per = rx / got if got else 0
+            text = (f"{total} requests; node got {got} requests, {per:.0f} B each on average; "
+                    f"{overflow} overflowed the node cluster's circuit breaker")
+            expect(got >= completed, f"{completed - got} requests not mirrored", losses)
+            expect(per >= payload.size, "node requests smaller than the request body", problems)
+        else:
+            fails = st.get("cluster.oob_mirror_node.upstream_cx_connect_fail", 0)
+            text = f"{total} requests; {fails} refused connections to the node"
+        if not up:
+            expect(got == 0, f"node (down) got {got} requests", problems)
+    run["lost"] = bool(losses)
+    run["problem"] = bool(problems)
+    return (text + ("" if not losses else " — LOST: " + "; ".join(losses))
+            + ("" if not problems else " — CHECK: " + "; ".join(problems)))
+
+
+def throughput(args, ctx):
+    runs = []
+    cases = [c for c in CASES if c.key in args.cases]
+    payloads = [p for p in PAYLOADS if p.key in args.payloads]
+    total = len(cases) * len(args.node) * len(payloads)
+    n = 0
+    for payload in payloads:
+        for node_state in args.node:
+            for case in cases:
+                n += 1
+                run = run_one(case, node_state == "up", payload, ctx, args)
+                runs.append(run)
+                print(f"[{n}/{total}] {payload.name:<11} node {node_state:<4} "
+                      f"({case.key}) {case.name:<22} {run['rps']:8.0f} rps  "
+                      f"p50 {run['p50_ms']:6.2f} ms  p99 {run['p99_ms']:6.2f} ms  "
+                      f"{run['cpu_us_per_req']:6.1f} CPU µs/req  {run['rss_mib']:5.1f} MiB  "
+                      f"| {run['sanity']}", flush=True)
+    return runs
+
+
+def memory(ctx):
+    rows = []
+    for concurrency in (1, 2):
+        for case in (CASES[0], CASES[1]):
+            config = case_config(case, ctx["upstream"].port, ctx["node"].port, free_port())
+            envoy = Envoy(f"memory-{case.key}-c{concurrency}", config, concurrency, cpus=None)
+            try:
+                # Idle: let start-up work (module compilation, first ticks) settle.
+                time.sleep(MEMORY_IDLE_S)
+                idle_kib, _ = memory_kib(envoy.pid)
+                for i in range(MEMORY_REQUESTS):
+                    payload = PAYLOADS[i % len(PAYLOADS)]
+                    status, _ = post(envoy.port, payload)
+                    if status != 200:
+                        envoy.fail(f"{payload.name}: {status}")
+                time.sleep(1)
+                after_kib, hwm_kib = memory_kib(envoy.pid)
+            finally:
+                envoy.stop()
+            row = {"concurrency": concurrency, "case": case.key, "case_name": case.name,
+                   "idle_mib": idle_kib / 1024, "after_requests_mib": after_kib / 1024,
+                   "hwm_mib": hwm_kib / 1024}
+            rows.append(row)
+            print(f"memory: --concurrency {concurrency} {case.name:<10} idle "
+                  f"{row['idle_mib']:.1f} MiB, after {MEMORY_REQUESTS} requests "
+                  f"{row['after_requests_mib']:.1f} MiB (peak {row['hwm_mib']:.1f})", flush=True)
+    return rows
+
+
+# --- report --------------------------------------------------------------------
+
+def machine():
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    envoy_version = subprocess.run([ENVOY_BIN, "--version"], capture_output=True,
+                                   text=True).stdout.strip()
+    match = re.search(r"version: (\S+)", envoy_version)
+    nginx_version = subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr.strip()
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+    wrk_match = re.search(r"wrk (\S+)", wrk_version.stdout + wrk_version.stderr)
+    return {
+        "cpu": model, "cores": os.cpu_count(), "kernel": platform.release(),
+        "envoy": match.group(1) if match else envoy_version,
+        "nginx": nginx_version.replace("nginx version: ", ""),
+        "wrk": wrk_match.group(1) if wrk_match else "unknown",
+        "wasm_bytes": os.path.getsize(WASM),
+        "wasm_sha256": hashlib.sha256(WASM.read_bytes()).hexdigest(),
+    }
+
+
+def now():
+    """When a part ran, and how busy the machine was as it started."""
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "load_average": os.getloadavg()[0]}
+
+
+def when(part):
+    return (f"Run {part['run']['date']}; 1-minute load average as it started: "
+            f"{part['run']['load_average']:.2f}.")
+
+
+def render_markdown(results):
+    m = results["machine"]
+    out = ["# oob-mirror benchmark", "",
+           "Generated by `make bench` (`tools/bench/bench.py`); do not edit by hand.", "",
+           f"- Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}",
+           f"- Envoy {m['envoy']}; nginx {m['nginx']}; wrk {m['wrk']}; "
+           f"`dist/oob_mirror.wasm` {m['wasm_bytes']} bytes "
+           f"(sha256 {m.get('wasm_sha256', '?')[:12]})", ""]
+    thr = results.get("throughput")
+    if thr:
+        p = thr["params"]
+        out += ["## Throughput, latency, CPU", "", when(thr), "",
+                f"Method: one Envoy per run, `--concurrency 1`, on loopback. wrk, 1 thread, "
+                f"{p['connections']} connections, {p['warmup']} s warm-up then "
+                f"{p['seconds']} s measured. Upstream: nginx (1 worker) answering "
+                f"{SMALL_BODY_BYTES} B to GET and a body as large as the request to POST. "
+                "HTTP node of (b)-(d): a second Envoy (`--concurrency 1`) answering 200 after "
+                "reading the request whole (cheaper than the project's sink, which decodes "
+                "every record, and it takes any body); node of (e): `tools/extproc-sink` "
+                "(tonic), which closes each stream once the response has ended. "
+                "\"down\": the node's port is closed. Ratios (×) are to (a) with the same "
+                "payload and node state. CPU µs/req: Envoy's utime+stime over the measured "
+                "window divided by requests (the pid measured is checked to run `envoy` "
+                "itself: the PyPI package's `envoy` is a Python wrapper that execs it). RSS: "
+                "Envoy's VmRSS at the end of the run (peak VmHWM in results.json). "
+                + ("The measured Envoy runs pinned to CPU 0; wrk, nginx and the node share "
+                   "CPU 1, so they do not take the proxy's core. "
+                   if PROXY_CPU else "Every process shares the machine's one core. ")
+                + "Other work on the machine still moves rps and latency; CPU µs/req is the "
+                "steadiest figure.", ""]
+        runs = thr["runs"]
+        base = {(r["payload"], r["node"]): r for r in runs if r["case"] == "a"}
+        for payload in PAYLOADS:
+            rows = [r for r in runs if r["payload"] == payload.key]
+            if not rows:
+                continue
+            out += [f"### {payload.name}", "",
+                    "| case | node | rps | × (a) | p50 ms | p99 ms | CPU µs/req | CPU × (a) "
+                    "| RSS MiB | errors |",
+                    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            for r in rows:
+                b = base.get((r["payload"], r["node"]))
+                ratio = f"{r['rps'] / b['rps']:.2f}" if b else "–"
+                cpu_ratio = f"{r['cpu_us_per_req'] / b['cpu_us_per_req']:.2f}" if b else "–"
+                errors = r["non2xx"] + r["socket_errors"]
+                out.append(f"| ({r['case']}) {r['case_name']} | {r['node']} | {r['rps']:.0f} | "
+                           f"{ratio} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                           f"{r['cpu_us_per_req']:.1f} | {cpu_ratio} | {r['rss_mib']:.1f} | "
+                           f"{errors} |")
+            out.append("")
+        out += ["### What each case did (sanity check, whole Envoy lifetime incl. warm-up)", "",
+                "| payload | case | node | observed |", "| --- | --- | --- | --- |"]
+        for r in runs:
+            out.append(f"| {r['payload_name']} | ({r['case']}) {r['case_name']} | {r['node']} | "
+                       f"{r['sanity']} |")
+        out.append("")
+        bad = sum(1 for r in runs if r.get("problem"))
+        lost = sum(1 for r in runs if r.get("lost"))
+        out += [f"Runs where the node (up) did not get everything (LOST): {lost} of {len(runs)}. "
+                f"Runs that are not sound (CHECK): {bad}.", ""]
+    mem = results.get("memory")
+    if mem:
+        out += ["## Idle memory", "", when(mem), "",
+                f"Envoy's VmRSS with the configuration of (a) and of (b) (node up), "
+                f"{MEMORY_IDLE_S} s after it is ready, and 1 s after {MEMORY_REQUESTS} "
+                "requests (GET, 1 KiB and 64 KiB POSTs in turn, one connection).", "",
+                "| --concurrency | configuration | idle MiB | after requests MiB | "
+                "module's share, idle | after requests |",
+                "| ---: | --- | ---: | ---: | ---: | ---: |"]
+        bare = {r["concurrency"]: r for r in mem["rows"] if r["case"] == "a"}
+        for r in mem["rows"]:
+            a = bare.get(r["concurrency"])
+            if r["case"] != "a" and a:
+                idle = f"+{r['idle_mib'] - a['idle_mib']:.1f} MiB"
+                after = f"+{r['after_requests_mib'] - a['after_requests_mib']:.1f} MiB"
+            else:
+                idle = after = "–"
+            out.append(f"| {r['concurrency']} | ({r['case']}) {r['case_name']} | "
+                       f"{r['idle_mib']:.1f} | {r['after_requests_mib']:.1f} | {idle} | {after} |")
+        out.append("")
+    return "\n".join(out)
+
+
+# --- main ----------------------------------------------------------------------
+
+def find_tool(name, env, default):
+    path = os.environ.get(env) or default
+    found = shutil.which(str(path))
+    if not found:
+        raise BenchError(f"{name} not found ({env}={path}); `make bench` sets it up")
+    return found
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=int, default=10, help="measured seconds per run")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up seconds per run")
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--cases", default="abcde", help="subset of abcde")
+    p.add_argument("--payloads", default="get,1k,64k", help="subset of get,1k,64k")
+    p.add_argument("--node", default="up,down", help="subset of up,down")
+    p.add_argument("--only", choices=["throughput", "memory"],
+                   help="run one part; the other is kept from bench/results.json")
+    p.add_argument("--out", default=str(OUT_DIR), help="where results.{md,json} go")
+    args = p.parse_args()
+    args.payloads = args.payloads.split(",")
+    args.node = args.node.split(",")
+    if not set(args.cases) <= set("abcde") or not set(args.payloads) <= {"get", "1k", "64k"} \
+            or not set(args.node) <= {"up", "down"}:
+        p.error("unknown case, payload or node state")
+    return args
+
+
+def main():
+    global ENVOY_BIN, WASM, NGINX, EXTPROC_SINK
+    args = parse_args()
+    ENVOY_BIN = find_tool("Envoy", "ENVOY_BIN", ROOT / ".venv" / "bin" / "envoy")
+    WASM = Path(os.environ.get("OOB_MIRROR_WASM") or ROOT / "dist" / "oob_mirror.wasm")
+    if not WASM.is_file():
+        raise BenchError(f"{WASM} missing: `make wasm`")
+    NGINX = find_tool("nginx", "NGINX_BIN", "nginx")
+    find_tool("wrk", "WRK_BIN", "wrk")
+    EXTPROC_SINK = find_tool("extproc-sink", "EXTPROC_SINK",
+                             ROOT / "tools/extproc-sink/target/release/extproc-sink")
+
+    out_dir = Path(args.out)
+    json_path = out_dir / "results.json"
+    results = {}
+    if args.only and json_path.is_file():
+        results = json.loads(json_path.read_text())
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    # Every run loads this copy: a rebuild of dist/ during the bench cannot
+    # mix two modules into one table.
+    WASM = Path(shutil.copy(WASM, WORK / "oob_mirror.wasm"))
+
+    results["machine"] = machine()
+    ctx = {"upstream": start_upstream(), "node": start_node()}
+    if args.only != "memory":
+        results["throughput"] = {
+            "run": now(),
+            "params": {"seconds": args.seconds, "warmup": args.warmup,
+                       "connections": args.connections},
+            "runs": throughput(args, ctx)}
+    if args.only != "throughput":
+        results["memory"] = {"run": now(), "rows": memory(ctx)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    (out_dir / "results.md").write_text(render_markdown(results))
+    print(f"bench: wrote {out_dir}/results.md and results.json")
+    problems = [r for r in results.get("throughput", {}).get("runs", []) if r.get("problem")]
+    if problems and args.only != "memory":
+        print(f"bench: {len(problems)} run(s) with a problem, see CHECK lines", file=sys.stderr)
+        return 1
+    return 0
+
+
+def on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+if __name__ == "__main__":
+    # SIGINT too: a shell that starts us in the background ignores it by default.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        code = main()
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        code = 130
+    finally:
+        # A second Ctrl-C must not cut the clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop_all()
+    sys.exit(code)
