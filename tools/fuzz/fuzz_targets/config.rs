@@ -53,7 +53,12 @@ fn check_against_json(config: &Config, json: &Value) {
     let numbers = [
         (c.request_body_max, capture, "request_body_max", 65536),
         (c.response_body_max, capture, "response_body_max", 65536),
-        (c.max_buffered_bytes, capture, "max_buffered_bytes", 16 << 20),
+        (
+            c.max_buffered_bytes,
+            capture,
+            "max_buffered_bytes",
+            16 << 20,
+        ),
         (b.max_records, batch, "max_records", 64),
         (b.max_bytes, batch, "max_bytes", 1 << 20),
         (b.flush_ms, batch, "flush_ms", 50),
@@ -127,7 +132,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(!err.field.is_empty(), "refusal names no field: {err:?}");
             assert!(!err.reason.is_empty(), "refusal gives no reason: {err:?}");
             // The one log line Envoy prints must stay one line.
-            assert!(!err.to_string().contains(['\n', '\r']), "refusal spans lines: {err}");
+            assert!(
+                !err.to_string().contains(['\n', '\r']),
+                "refusal spans lines: {err}"
+            );
         }
     }
 });
