@@ -195,7 +195,7 @@ validate-istio: istio-tools
 BENCH_SECONDS     ?= 10
 BENCH_WARMUP      ?= 3
 BENCH_CONNECTIONS ?= 16
-.PHONY: bench bench-memory bench-setup
+.PHONY: bench bench-memory bench-slow-node bench-setup
 
 bench-setup: setup wasm
 	bash tools/bench/setup.sh
@@ -207,6 +207,10 @@ bench: bench-setup
 # Only the idle-memory table; the throughput tables are kept from results.json.
 bench-memory: bench-setup
 	'$(PYTHON)' tools/bench/bench.py --only memory
+
+bench-slow-node: bench-setup
+	'$(PYTHON)' tools/bench/bench.py --only slow-node --seconds '$(BENCH_SECONDS)' \
+	  --warmup '$(BENCH_WARMUP)' --connections '$(BENCH_CONNECTIONS)'
 
 # --- Profile: instructions per exchange (callgrind), repeatable on a busy machine --------------
 EMPTY_FILTER_DIR  := tools/profile/empty-filter

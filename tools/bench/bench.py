@@ -347,8 +347,24 @@ def post(port, payload):
         conn.close()
 
 
-def start_node():
-    return Envoy("node-envoy", (HERE / "node-envoy.yaml").read_text(), 1)
+# The slow node: the same Envoy, answering each batch after oob-mirror's node.timeout_ms
+# (1 s by default) has passed, so every batch times out while the clients go on.
+SLOW_NODE_DELAY = "2s"
+SLOW_NODE_FAULT = f"""          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              delay:
+                fixed_delay: {SLOW_NODE_DELAY}
+                percentage: {{ numerator: 100, denominator: HUNDRED }}
+"""
+
+
+def start_node(slow=False):
+    config = (HERE / "node-envoy.yaml").read_text()
+    if slow:
+        first_filter = "          - name: envoy.filters.http.buffer\n"
+        config = config.replace(first_filter, SLOW_NODE_FAULT + first_filter)
+    return Envoy("node-envoy-slow" if slow else "node-envoy", config, 1)
 
 
 def start_extproc_sink():
@@ -422,17 +438,19 @@ class Drained:
         return stable and not any(filter_stats.get(FILTER_PREFIX + k, 0) for k in waiting)
 
 
-def run_one(case, node_up, payload, ctx, args):
+def run_one(case, node_state, payload, ctx, args):
+    """One measured run; `node_state` is "up", "down" (port closed) or "slow" (an HTTP node
+    that answers after the filter's timeout)."""
+    node_up = node_state != "down"
     http_node = case.node == "http" and node_up
     sink = start_extproc_sink() if case.node == "grpc" and node_up else None
     closed = free_port()
+    node = ctx["slow_node"] if node_state == "slow" else ctx["node"]
     config = case_config(case, ctx["upstream"].port,
-                         ctx["node"].port if http_node else closed,
+                         node.port if http_node else closed,
                          sink.port if sink else closed)
-    node = ctx["node"]
     node_before = node.stats(NODE_STATS)
-    envoy = Envoy(f"envoy-{case.key}-{'up' if node_up else 'down'}-{payload.key}", config, 1,
-                  cpus=PROXY_CPU)
+    envoy = Envoy(f"envoy-{case.key}-{node_state}-{payload.key}", config, 1, cpus=PROXY_CPU)
     try:
         status, body = post(envoy.port, payload)
         if status != 200 or len(body) != payload.response_bytes:
@@ -444,7 +462,9 @@ def run_one(case, node_up, payload, ctx, args):
         ticks = cpu_ticks(envoy.pid) - ticks_before
         rss_kib, hwm_kib = memory_kib(envoy.pid)
         try:
-            drained_ok = wait_until("drain", Drained(envoy, case, node_up), DRAIN_TIMEOUT_S)
+            # A slow node keeps the queue waiting in backoff, like a down one.
+            drained = Drained(envoy, case, node_state == "up")
+            drained_ok = wait_until("drain", drained, DRAIN_TIMEOUT_S)
         except BenchError:
             drained_ok = False
         envoy_stats = envoy.stats(FILTER_STATS)
@@ -456,7 +476,7 @@ def run_one(case, node_up, payload, ctx, args):
     node_after = node.stats(NODE_STATS)
     requests = result["requests"]
     run = {
-        "case": case.key, "case_name": case.name, "node": "up" if node_up else "down",
+        "case": case.key, "case_name": case.name, "node": node_state,
         "payload": payload.key, "payload_name": payload.name,
         "requests": requests,
         "rps": requests / (result["duration_us"] / 1e6),
@@ -493,7 +513,7 @@ def sanity(run, case, payload):
     # must show up in full are those that completed.
     completed = st.get("http.bench.downstream_rq_completed", 0)
     node = run["node_received"]
-    up = run["node"] == "up"
+    up, down = run["node"] == "up", run["node"] == "down"
     problems, losses = [], []
 
     def expect(ok, what, into):
@@ -542,6 +562,7 @@ def sanity(run, case, payload):
                     f"{filt.get('records_dropped_queue_full', 0)} dropped (queue full), "
                     f"{filt.get('records_dropped_node_failure', 0)} dropped (node failure), "
                     f"{filt.get('queued_records', 0)} queued; "
+                    f"{filt.get('batches_failed_timeout', 0)} batches timed out, "
                     f"{filt.get('backoffs', 0)} backoffs")
             if up:
                 expect(filt.get("records_sent", 0) == captured,
@@ -555,7 +576,7 @@ def sanity(run, case, payload):
         else:
             fails = st.get("cluster.oob_mirror_node.upstream_cx_connect_fail", 0)
             text = f"{total} requests; {fails} refused connections to the node"
-        if not up:
+        if down:
             expect(got == 0, f"node (down) got {got} requests", problems)
     run["lost"] = bool(losses)
     run["problem"] = bool(problems)
@@ -573,13 +594,29 @@ def throughput(args, ctx):
         for node_state in args.node:
             for case in cases:
                 n += 1
-                run = run_one(case, node_state == "up", payload, ctx, args)
+                run = run_one(case, node_state, payload, ctx, args)
                 runs.append(run)
                 print(f"[{n}/{total}] {payload.name:<11} node {node_state:<4} "
                       f"({case.key}) {case.name:<22} {run['rps']:8.0f} rps  "
                       f"p50 {run['p50_ms']:6.2f} ms  p99 {run['p99_ms']:6.2f} ms  "
                       f"{run['cpu_us_per_req']:6.1f} CPU µs/req  {run['rss_mib']:5.1f} MiB  "
                       f"| {run['sanity']}", flush=True)
+    return runs
+
+
+def slow_node(args, ctx):
+    """oob-mirror with a node that answers after the filter's timeout, next to the same run
+    with the fast node: what a slow node costs the clients (p99) and how the filter sheds."""
+    runs = []
+    case = CASES[1]
+    for payload in [p for p in PAYLOADS if p.key in ("get", "1k")]:
+        for node_state in ("up", "slow"):
+            run = run_one(case, node_state, payload, ctx, args)
+            runs.append(run)
+            print(f"[slow node] {payload.name:<11} node {node_state:<4} ({case.key}) "
+                  f"{run['rps']:8.0f} rps  p50 {run['p50_ms']:6.2f} ms  "
+                  f"p99 {run['p99_ms']:6.2f} ms  {run['cpu_us_per_req']:6.1f} CPU µs/req  "
+                  f"| {run['sanity']}", flush=True)
     return runs
 
 
@@ -707,6 +744,24 @@ def render_markdown(results):
         lost = sum(1 for r in runs if r.get("lost"))
         out += [f"Runs where the node (up) did not get everything (LOST): {lost} of {len(runs)}. "
                 f"Runs that are not sound (CHECK): {bad}.", ""]
+    slow = results.get("slow_node")
+    if slow:
+        out += ["## Slow node", "", when(slow), "",
+                f"(b) with the fast node, then with a node that answers every batch after "
+                f"{SLOW_NODE_DELAY} (past `node.timeout_ms`, 1 s): every batch times out, the "
+                "worker backs off and its queue fills, then sheds. Same method as above. "
+                "× p99: the slow run's p99 over the fast run's.", "",
+                "| payload | node | rps | p50 ms | p99 ms | × p99 | CPU µs/req | errors | observed |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        fast = {r["payload"]: r for r in slow["runs"] if r["node"] == "up"}
+        for r in slow["runs"]:
+            f = fast.get(r["payload"])
+            ratio = f"{r['p99_ms'] / f['p99_ms']:.2f}" if f and f["p99_ms"] else "–"
+            out.append(f"| {r['payload_name']} | {r['node']} | {r['rps']:.0f} | "
+                       f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {ratio} | "
+                       f"{r['cpu_us_per_req']:.1f} | {r['non2xx'] + r['socket_errors']} | "
+                       f"{r['sanity']} |")
+        out.append("")
     mem = results.get("memory")
     if mem:
         out += ["## Idle memory", "", when(mem), "",
@@ -749,8 +804,8 @@ def parse_args():
     p.add_argument("--cases", default="abcde", help="subset of abcde")
     p.add_argument("--payloads", default="get,1k,64k", help="subset of get,1k,64k")
     p.add_argument("--node", default="up,down", help="subset of up,down")
-    p.add_argument("--only", choices=["throughput", "memory"],
-                   help="run one part; the other is kept from bench/results.json")
+    p.add_argument("--only", choices=["throughput", "slow-node", "memory"],
+                   help="run one part; the others are kept from bench/results.json")
     p.add_argument("--out", default=str(OUT_DIR), help="where results.{md,json} go")
     args = p.parse_args()
     args.payloads = args.payloads.split(",")
@@ -764,7 +819,7 @@ def parse_args():
 def main():
     global ENVOY_BIN, WASM, NGINX, EXTPROC_SINK
     args = parse_args()
-    ENVOY_BIN = find_tool("Envoy", "ENVOY_BIN", ROOT / ".venv" / "bin" / "envoy")
+    ENVOY_BIN = find_tool("Envoy", "ENVOY_BIN", ROOT / ".envoy" / "1.40.0" / "bin" / "envoy")
     WASM = Path(os.environ.get("OOB_MIRROR_WASM") or ROOT / "dist" / "oob_mirror.wasm")
     if not WASM.is_file():
         raise BenchError(f"{WASM} missing: `make wasm`")
@@ -785,21 +840,26 @@ def main():
     WASM = Path(shutil.copy(WASM, WORK / "oob_mirror.wasm"))
 
     results["machine"] = machine()
-    ctx = {"upstream": start_upstream(), "node": start_node()}
-    if args.only != "memory":
+    ctx = {"upstream": start_upstream(), "node": start_node(), "slow_node": start_node(slow=True)}
+    if args.only in (None, "throughput"):
         results["throughput"] = {
             "run": now(),
             "params": {"seconds": args.seconds, "warmup": args.warmup,
                        "connections": args.connections},
             "runs": throughput(args, ctx)}
-    if args.only != "throughput":
+    if args.only in (None, "slow-node"):
+        results["slow_node"] = {"run": now(), "runs": slow_node(args, ctx)}
+    if args.only in (None, "memory"):
         results["memory"] = {"run": now(), "rows": memory(ctx)}
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=1) + "\n")
     (out_dir / "results.md").write_text(render_markdown(results))
     print(f"bench: wrote {out_dir}/results.md and results.json")
-    problems = [r for r in results.get("throughput", {}).get("runs", []) if r.get("problem")]
-    if problems and args.only != "memory":
+    fresh = [part for part in ("throughput", "slow_node")
+             if args.only in (None, part.replace("_", "-"))]
+    problems = [r for part in fresh for r in results.get(part, {}).get("runs", [])
+                if r.get("problem")]
+    if problems:
         print(f"bench: {len(problems)} run(s) with a problem, see CHECK lines", file=sys.stderr)
         return 1
     return 0
