@@ -31,6 +31,17 @@ pub struct Counters {
     pub bodies_truncated: u64,
     pub bodies_truncated_budget: u64,
     pub backoffs: u64,
+    // ext_proc protocol: one gRPC stream per exchange.
+    pub extproc_exchanges: u64,
+    pub extproc_streams_opened: u64,
+    pub extproc_streams_completed: u64,
+    pub extproc_streams_failed: u64,
+    pub extproc_streams_cancelled: u64,
+    pub extproc_streams_refused: u64,
+    pub extproc_dropped_max_streams: u64,
+    pub extproc_dropped_backoff: u64,
+    pub extproc_messages_sent: u64,
+    pub extproc_bytes_sent: u64,
 }
 
 /// Current levels, each published as an Envoy gauge of the same name.
@@ -41,11 +52,13 @@ pub struct Gauges {
     pub inflight_records: u64,
     /// The VM's linear memory. Only the filter layer can read it; the core leaves it 0.
     pub wasm_memory_bytes: u64,
+    /// ext_proc exchanges admitted whose stream has not ended yet.
+    pub extproc_streams_active: u64,
 }
 
 impl Counters {
     /// Names and values in one fixed order, shared by metric definition and publication.
-    pub fn named(&self) -> [(&'static str, u64); 13] {
+    pub fn named(&self) -> [(&'static str, u64); 23] {
         [
             ("records_captured", self.records_captured),
             ("records_sent", self.records_sent),
@@ -66,6 +79,19 @@ impl Counters {
             ("bodies_truncated", self.bodies_truncated),
             ("bodies_truncated_budget", self.bodies_truncated_budget),
             ("backoffs", self.backoffs),
+            ("extproc_exchanges", self.extproc_exchanges),
+            ("extproc_streams_opened", self.extproc_streams_opened),
+            ("extproc_streams_completed", self.extproc_streams_completed),
+            ("extproc_streams_failed", self.extproc_streams_failed),
+            ("extproc_streams_cancelled", self.extproc_streams_cancelled),
+            ("extproc_streams_refused", self.extproc_streams_refused),
+            (
+                "extproc_dropped_max_streams",
+                self.extproc_dropped_max_streams,
+            ),
+            ("extproc_dropped_backoff", self.extproc_dropped_backoff),
+            ("extproc_messages_sent", self.extproc_messages_sent),
+            ("extproc_bytes_sent", self.extproc_bytes_sent),
         ]
     }
 
@@ -92,12 +118,13 @@ impl Counters {
 }
 
 impl Gauges {
-    pub fn named(&self) -> [(&'static str, u64); 4] {
+    pub fn named(&self) -> [(&'static str, u64); 5] {
         [
             ("queued_bytes", self.queued_bytes),
             ("queued_records", self.queued_records),
             ("inflight_records", self.inflight_records),
             ("wasm_memory_bytes", self.wasm_memory_bytes),
+            ("extproc_streams_active", self.extproc_streams_active),
         ]
     }
 }

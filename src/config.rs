@@ -15,6 +15,19 @@ pub struct Config {
     pub capture: CaptureConfig,
     #[serde(default)]
     pub batch: BatchConfig,
+    #[serde(default)]
+    pub ext_proc: ExtProcConfig,
+}
+
+/// How records reach the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// msgpack batches over HTTP (docs/wire-format.md).
+    #[default]
+    Batch,
+    /// One `envoy.service.ext_proc.v3.ExternalProcessor/Process` gRPC stream per exchange.
+    ExtProc,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -27,7 +40,41 @@ pub struct NodeConfig {
     pub path: String,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
+
+/// The ext_proc protocol's settings (used when `node.protocol` is `ext_proc`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtProcConfig {
+    /// Envoy attribute names sent with the request headers, as Envoy's ext_proc
+    /// `request_attributes`.
+    pub request_attributes: Vec<String>,
+    /// Envoy attribute names sent with the response headers.
+    pub response_attributes: Vec<String>,
+    /// gRPC streams a worker keeps open at once; exchanges beyond it are dropped and counted.
+    pub max_streams: u64,
+}
+
+impl Default for ExtProcConfig {
+    /// Wallarm's documented ext_proc settings.
+    fn default() -> Self {
+        ExtProcConfig {
+            request_attributes: ["request.id", "request.time", "source.address"]
+                .map(str::to_owned)
+                .to_vec(),
+            response_attributes: Vec::new(),
+            max_streams: 256,
+        }
+    }
+}
+
+/// Where the configuration holds lists; an array anywhere else is refused.
+const LIST_FIELDS: [&str; 2] = [
+    "ext_proc.request_attributes",
+    "ext_proc.response_attributes",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -104,22 +151,58 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Whether the JSON holds an array outside string literals. No field is an array, but serde's
-/// derived structs would also read one positionally (`{"node":["n"]}`), which nobody means.
-fn has_array(json: &[u8]) -> bool {
-    let mut in_string = false;
-    let mut escaped = false;
+/// The dotted path of the first array that is not one of [`LIST_FIELDS`]: serde's derived
+/// structs would also read an array positionally (`{"node":["n"]}`), which nobody means. A
+/// scan of the JSON's structure, not a parse into values (which would bring float formatting
+/// into the module).
+fn misplaced_array(json: &[u8]) -> Option<String> {
+    // Each open container: its dotted path and whether it is an array.
+    let mut open: Vec<(String, bool)> = Vec::new();
+    let mut text = Vec::new();
+    let (mut in_string, mut escaped) = (false, false);
+    // The last string seen, and the key the next value in an object is under.
+    let (mut last, mut key) = (String::new(), String::new());
     for &byte in json {
-        match (in_string, escaped, byte) {
-            (true, true, _) => escaped = false,
-            (true, false, b'\\') => escaped = true,
-            (true, false, b'"') => in_string = false,
-            (false, _, b'"') => in_string = true,
-            (false, _, b'[') => return true,
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => {
+                    in_string = false;
+                    last = String::from_utf8_lossy(&text).into_owned();
+                    continue;
+                }
+                _ => {}
+            }
+            text.push(byte);
+            continue;
+        }
+        match byte {
+            b'"' => {
+                in_string = true;
+                text.clear();
+            }
+            b':' => key = std::mem::take(&mut last),
+            b'{' | b'[' => {
+                let (path, in_array) = match open.last() {
+                    None => (String::new(), false),
+                    Some((parent, true)) => (parent.clone(), true),
+                    Some((parent, false)) if parent.is_empty() => (key.clone(), false),
+                    Some((parent, false)) => (format!("{parent}.{key}"), false),
+                };
+                let array = byte == b'[';
+                if array && (in_array || !LIST_FIELDS.contains(&path.as_str())) {
+                    return Some(path);
+                }
+                open.push((path, array));
+            }
+            b'}' | b']' => {
+                open.pop();
+            }
             _ => {}
         }
     }
-    false
+    None
 }
 
 fn refuse(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -138,10 +221,10 @@ impl Config {
                 "required (the configuration is empty)",
             ));
         }
-        if has_array(bytes) {
+        if let Some(path) = misplaced_array(bytes) {
             return Err(refuse(
                 "configuration",
-                "arrays are not accepted: every section is a JSON object",
+                format!("an array at '{path}': only ext_proc attribute lists are arrays"),
             ));
         }
         let mut json = serde_json::Deserializer::from_slice(bytes);
@@ -195,6 +278,24 @@ impl Config {
             self.capture.response_body_max,
             64 << 20,
         )?;
+        self.check_ext_proc()
+    }
+
+    fn check_ext_proc(&self) -> Result<(), ConfigError> {
+        let ext_proc = &self.ext_proc;
+        positive("ext_proc.max_streams", ext_proc.max_streams)?;
+        at_most("ext_proc.max_streams", ext_proc.max_streams, 65_536)?;
+        for (field, names) in [
+            ("ext_proc.request_attributes", &ext_proc.request_attributes),
+            (
+                "ext_proc.response_attributes",
+                &ext_proc.response_attributes,
+            ),
+        ] {
+            for name in names {
+                crate::extproc::attributes::check(name).map_err(|why| refuse(field, why))?;
+            }
+        }
         Ok(())
     }
 }
@@ -252,6 +353,49 @@ mod tests {
         assert_eq!(config.batch.flush_ms, 50);
         assert_eq!(config.batch.max_queue_bytes, 8 << 20);
         assert_eq!(config.batch.max_inflight, 4);
+        assert_eq!(config.node.protocol, Protocol::Batch);
+        assert_eq!(
+            config.ext_proc.request_attributes,
+            ["request.id", "request.time", "source.address"]
+        );
+        assert!(config.ext_proc.response_attributes.is_empty());
+        assert_eq!(config.ext_proc.max_streams, 256);
+    }
+
+    #[test]
+    fn ext_proc_section_takes_lists() {
+        let config = Config::parse(
+            br#"{"node":{"cluster":"n","protocol":"ext_proc"},
+                 "ext_proc":{"request_attributes":[],"response_attributes":["response.code"],
+                             "max_streams":3}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.node.protocol, Protocol::ExtProc);
+        assert!(config.ext_proc.request_attributes.is_empty());
+        assert_eq!(config.ext_proc.response_attributes, ["response.code"]);
+        assert_eq!(config.ext_proc.max_streams, 3);
+        assert_eq!(
+            field_of(r#"{"node":{"cluster":"n","protocol":"grpc"}}"#),
+            "node.protocol"
+        );
+        assert_eq!(
+            field_of(r#"{"node":{"cluster":"n"},"ext_proc":{"max_streams":0}}"#),
+            "ext_proc.max_streams"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"node":{"cluster":"n"},"ext_proc":{"request_attributes":["request.headers"]}}"#
+            ),
+            "ext_proc.request_attributes"
+        );
+        assert_eq!(
+            field_of(r#"{"node":{"cluster":"n"},"ext_proc":{"request_attributes":[""]}}"#),
+            "ext_proc.request_attributes"
+        );
+        assert_eq!(
+            field_of(r#"{"node":{"cluster":"n"},"ext_proc":{"request_attributes":"request.id"}}"#),
+            "ext_proc.request_attributes"
+        );
     }
 
     #[test]
@@ -341,6 +485,10 @@ mod tests {
             r#"[["n"]]"#,
             r#"{"node":["n","a","/p",5]}"#,
             r#"{"node":{"cluster":"n"},"batch":[1]}"#,
+            r#"{"node":{"cluster":"n"},"ext_proc":[[]]}"#,
+            r#"{"node":{"cluster":"n"},"ext_proc":{"max_streams":[1]}}"#,
+            r#"{"node":{"cluster":"n"},"ext_proc":{"request_attributes":[["a"]]}}"#,
+            r#"{"ext_proc":{"request_attributes":[]},"node":{"cluster":"n","x":[]}}"#,
         ] {
             let err = Config::parse(text.as_bytes()).unwrap_err();
             assert_eq!(err.field, "configuration", "{text}: {err}");

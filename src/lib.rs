@@ -12,6 +12,7 @@ pub mod capture_budget;
 pub mod config;
 pub mod connection_facts;
 pub mod encode;
+pub mod extproc;
 pub mod record;
 pub mod request_id;
 pub mod shipper;

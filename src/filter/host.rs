@@ -2,6 +2,7 @@
 
 use crate::connection_facts::ConnectionFacts;
 use proxy_wasm::hostcalls;
+use proxy_wasm::types::MapType;
 use std::time::UNIX_EPOCH;
 
 /// Unix time in nanoseconds from the host clock (0 if the host cannot tell).
@@ -14,6 +15,16 @@ pub fn now_ns() -> u64 {
 
 pub fn ns_to_ms(ns: u64) -> u64 {
     ns / 1_000_000
+}
+
+pub fn now_ms() -> u64 {
+    ns_to_ms(now_ns())
+}
+
+/// A header or trailer map, every field in Envoy's order with its raw value bytes; empty when
+/// the host has none (the SDK's own getter panics then).
+pub fn header_map(map: MapType) -> Vec<(String, Vec<u8>)> {
+    hostcalls::get_map_bytes(map).ok().unwrap_or_default()
 }
 
 fn property(path: &[&str]) -> Option<Vec<u8>> {

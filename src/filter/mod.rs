@@ -1,5 +1,7 @@
 //! The thin Proxy-Wasm layer: wires Envoy's callbacks to the host-free core.
 
+mod context;
+mod extproc_stream;
 mod host;
 mod metrics;
 mod root;

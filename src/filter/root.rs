@@ -1,12 +1,15 @@
 //! The root context of a worker: reads the configuration, owns the batch transport (only a
 //! root context's calls outlive the stream that queued a record) and publishes metrics.
 
-use super::host::{linear_memory_bytes, now_ns, ns_to_ms, random_seed};
+use super::context::StreamContext;
+use super::extproc_stream::ExtProcStream;
+use super::host::{linear_memory_bytes, now_ms, now_ns, ns_to_ms, random_seed};
 use super::metrics::Metrics;
 use super::stream::MirrorStream;
 use super::worker::{SharedWorker, Worker};
 use crate::accounting::Gauges;
-use crate::config::Config;
+use crate::config::{Config, Protocol};
+use crate::extproc::encode::grpc_service;
 use crate::shipper::{Reply, REPLY_BODY_PREFIX};
 use log::error;
 use proxy_wasm::hostcalls;
@@ -17,10 +20,16 @@ use std::time::Duration;
 /// Upper bound on the tick period: full batches wait at most this long for the root context.
 const MAX_TICK_MS: u64 = 10;
 
+/// The gRPC method every ext_proc stream calls.
+const EXT_PROC_SERVICE: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
+const EXT_PROC_METHOD: &str = "Process";
+
 #[derive(Default)]
 pub struct MirrorRoot {
     worker: Option<SharedWorker>,
     metrics: Metrics,
+    /// What Envoy's gRPC stream call takes to reach `node.cluster` (ext_proc mode).
+    grpc_service: String,
 }
 
 impl MirrorRoot {
@@ -66,16 +75,48 @@ impl MirrorRoot {
         }
     }
 
+    /// ext_proc mode: opens a stream for every exchange that waits for one, sends what they
+    /// hold, and cancels streams the node has not closed in time.
+    fn flush_streams(&mut self) {
+        let Some(worker) = &self.worker else { return };
+        let Ok(mut worker) = worker.try_borrow_mut() else {
+            return;
+        };
+        let now = now_ms();
+        let service = self.grpc_service.as_str();
+        worker.streams.flush(
+            now,
+            || hostcalls::open_grpc_stream(service, EXT_PROC_SERVICE, EXT_PROC_METHOD, vec![]).ok(),
+            |token, message| {
+                hostcalls::send_grpc_stream_message(token, Some(message), false).is_ok()
+            },
+            |token| hostcalls::close_grpc_stream(token).is_ok(),
+        );
+        worker.streams.expire(now, |token| {
+            let _ = hostcalls::cancel_grpc_stream(token);
+        });
+    }
+
     fn publish(&mut self) {
         let Some(worker) = &self.worker else { return };
         let Ok(worker) = worker.try_borrow() else {
             return;
         };
+        let (counters, gauges) = match worker.config.node.protocol {
+            Protocol::Batch => (worker.shipper.counters(), worker.shipper.gauges()),
+            Protocol::ExtProc => (
+                worker.streams.counters(),
+                Gauges {
+                    extproc_streams_active: worker.streams.active(),
+                    ..Gauges::default()
+                },
+            ),
+        };
         let gauges = Gauges {
             wasm_memory_bytes: linear_memory_bytes(),
-            ..worker.shipper.gauges()
+            ..gauges
         };
-        self.metrics.publish(worker.shipper.counters(), &gauges);
+        self.metrics.publish(counters, &gauges);
     }
 }
 
@@ -116,6 +157,14 @@ impl Context for MirrorRoot {
         // A returning batch frees an in-flight slot: use it now rather than at the next tick.
         self.ship();
     }
+
+    fn on_grpc_stream_close(&mut self, token_id: u32, status_code: u32) {
+        if let Some(worker) = &self.worker {
+            if let Ok(mut worker) = worker.try_borrow_mut() {
+                worker.streams.closed(token_id, status_code, now_ms());
+            }
+        }
+    }
 }
 
 impl RootContext for MirrorRoot {
@@ -129,29 +178,79 @@ impl RootContext for MirrorRoot {
             }
         };
         // One line per worker that says where records go, for whoever reads Envoy's log.
-        log::info!(
-            "oob-mirror: mirroring to cluster {} (POST {}, authority {})",
-            config.node.cluster,
-            config.node.path,
-            config.node.authority
-        );
+        match config.node.protocol {
+            Protocol::Batch => log::info!(
+                "oob-mirror: mirroring to cluster {} (POST {}, authority {})",
+                config.node.cluster,
+                config.node.path,
+                config.node.authority
+            ),
+            Protocol::ExtProc => log::info!(
+                "oob-mirror: mirroring to cluster {} (ext_proc: one {EXT_PROC_SERVICE}/{EXT_PROC_METHOD} \
+                 gRPC stream per exchange)",
+                config.node.cluster
+            ),
+        }
         let tick_ms = config.batch.flush_ms.clamp(1, MAX_TICK_MS);
         if self.worker.is_none() {
             self.metrics = Metrics::define();
         }
-        self.worker = Some(Worker::shared(config, random_seed()));
+        // A bare cluster name is what the SDK's &str can always carry; the encoded GrpcService
+        // is unambiguous (a name could happen to parse as one) and is ASCII for names up to 125
+        // bytes.
+        self.grpc_service = String::from_utf8(grpc_service(&config.node.cluster))
+            .unwrap_or_else(|_| config.node.cluster.clone());
+        let seed = random_seed();
+        let ext_proc = config.node.protocol == Protocol::ExtProc;
+        let worker = Worker::shared(config, seed);
+        if ext_proc {
+            // One queue per VM: Envoy keys queues by VM id and name, and every worker's VM has
+            // the same id.
+            let name = format!("oob-mirror.wake.{seed:016x}");
+            match hostcalls::register_shared_queue(&name) {
+                Ok(queue) => {
+                    if let Ok(mut worker) = worker.try_borrow_mut() {
+                        worker.wake_queue = Some(queue);
+                    }
+                }
+                Err(status) => log::warn!(
+                    "oob-mirror: no wake-up queue ({status:?}): streams open on the tick"
+                ),
+            }
+        }
+        self.worker = Some(worker);
         self.set_tick_period(Duration::from_millis(tick_ms));
         true
     }
 
     fn on_tick(&mut self) {
         self.ship();
+        self.flush_streams();
         self.publish();
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        // The queue only carries wake-ups: empty it, then do what they were for.
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        self.flush_streams();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never None: the SDK panics on it. Without a worker the stream just passes through.
-        Some(Box::new(MirrorStream::new(self.worker.clone())))
+        match &self.worker {
+            Some(worker)
+                if worker
+                    .try_borrow()
+                    .is_ok_and(|w| w.config.node.protocol == Protocol::ExtProc) =>
+            {
+                Some(Box::new(StreamContext::ExtProc(ExtProcStream::new(
+                    worker.clone(),
+                ))))
+            }
+            worker => Some(Box::new(StreamContext::Batch(MirrorStream::new(
+                worker.clone(),
+            )))),
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {

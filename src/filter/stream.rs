@@ -2,15 +2,14 @@
 //! shipper. Every callback returns `Continue`; nothing here holds or changes client traffic.
 
 use super::host::{
-    connection_id, now_ns, ns_to_ms, property_int, property_text, read_connection_facts,
+    connection_id, header_map, now_ns, ns_to_ms, property_int, property_text, read_connection_facts,
 };
 use super::worker::SharedWorker;
 use crate::body::BodyCapture;
 use crate::connection_facts::ConnectionFacts;
 use crate::record::{header_text, split_pseudo_headers, RequestRecord, ResponseRecord};
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 
 pub struct MirrorStream {
     worker: Option<SharedWorker>,
@@ -107,7 +106,7 @@ impl MirrorStream {
     }
 
     fn start_request(&mut self, ts_ns: u64) {
-        let (pseudo, headers) = split_pseudo_headers(self.get_http_request_headers_bytes());
+        let (pseudo, headers) = split_pseudo_headers(header_map(MapType::HttpRequestHeaders));
         let id = match header_text(&headers, "x-request-id") {
             Some(id) if !id.is_empty() => id,
             _ => self.next_id(),
@@ -191,12 +190,9 @@ impl Drop for MirrorStream {
     }
 }
 
-impl Context for MirrorStream {}
-
-impl HttpContext for MirrorStream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        #[cfg(feature = "test-trap")]
-        super::trap::trap_if_asked();
+/// Envoy's callbacks, through [`super::context::StreamContext`].
+impl MirrorStream {
+    pub fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.worker.is_some() {
             let ts_ns = now_ns();
             self.start_request(ts_ns);
@@ -207,7 +203,7 @@ impl HttpContext for MirrorStream {
         Action::Continue
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let wanted = self
             .request
             .as_ref()
@@ -222,9 +218,9 @@ impl HttpContext for MirrorStream {
         Action::Continue
     }
 
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+    pub fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         if self.request.is_some() {
-            let trailers = self.get_http_request_trailers_bytes();
+            let trailers = header_map(MapType::HttpRequestTrailers);
             if let Some(request) = &mut self.request {
                 request.trailers = trailers;
             }
@@ -233,9 +229,9 @@ impl HttpContext for MirrorStream {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    pub fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.worker.is_some() {
-            let (pseudo, headers) = split_pseudo_headers(self.get_http_response_headers_bytes());
+            let (pseudo, headers) = split_pseudo_headers(header_map(MapType::HttpResponseHeaders));
             self.response.ts_ns = now_ns();
             self.response.status = header_text(&pseudo, ":status")
                 .and_then(|s| s.parse().ok())
@@ -247,7 +243,7 @@ impl HttpContext for MirrorStream {
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.response_started {
             let wanted = self.response.body.wanted(body_size);
             let chunk = self.copy_chunk(wanted, BufferType::HttpResponseBody);
@@ -257,15 +253,15 @@ impl HttpContext for MirrorStream {
         Action::Continue
     }
 
-    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+    pub fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         if self.response_started {
-            self.response.trailers = self.get_http_response_trailers_bytes();
+            self.response.trailers = header_map(MapType::HttpResponseTrailers);
             self.response.complete = true;
         }
         Action::Continue
     }
 
-    fn on_log(&mut self) {
+    pub fn on_log(&mut self) {
         if self.worker.is_some() {
             let end_ns = now_ns();
             self.queue_request(false, end_ns);

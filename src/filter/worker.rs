@@ -3,6 +3,7 @@
 use crate::capture_budget::CaptureBudget;
 use crate::config::Config;
 use crate::connection_facts::ConnectionFactsCache;
+use crate::extproc::streams::Streams;
 use crate::request_id::IdGenerator;
 use crate::shipper::Shipper;
 use std::cell::RefCell;
@@ -15,6 +16,11 @@ pub struct Worker {
     pub ids: IdGenerator,
     pub budget: CaptureBudget,
     pub connections: ConnectionFactsCache,
+    /// The ext_proc transport (used when `node.protocol` is `ext_proc`).
+    pub streams: Streams,
+    /// The shared queue a stream context writes to so the root opens streams without waiting
+    /// for its tick.
+    pub wake_queue: Option<u32>,
 }
 
 /// One VM runs on one thread: `Rc<RefCell>` is the whole synchronisation needed.
@@ -30,6 +36,8 @@ impl Worker {
             ids: IdGenerator::new(seed),
             budget: CaptureBudget::new(config.capture.max_buffered_bytes),
             connections: ConnectionFactsCache::new(REMEMBERED_CONNECTIONS),
+            streams: Streams::new(config.ext_proc.max_streams, config.node.timeout_ms),
+            wake_queue: None,
             config,
         }))
     }

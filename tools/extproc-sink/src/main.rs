@@ -1,4 +1,5 @@
-//! `extproc-sink`: the smallest useful Envoy ext_proc server, for `make bench`.
+//! `extproc-sink`: the smallest useful Envoy ext_proc server, for `make bench`, and the
+//! recording server of the ext_proc tests (`--record`, `--close`).
 //!
 //! Implements `envoy.service.ext_proc.v3.ExternalProcessor/Process` for a filter
 //! in `observability_mode`: it reads every message Envoy sends, counts it, and
@@ -15,17 +16,39 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use envoy_types::pb::google::protobuf as prost_types;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-const USAGE: &str = "usage: extproc-sink [--listen ADDR]   (default 127.0.0.1:0)";
+const USAGE: &str = "usage: extproc-sink [--listen ADDR] [--record] [--close end|never|reset]
+  --listen ADDR  where to listen (default 127.0.0.1:0)
+  --record       print every message as one JSON line on stdout, as it arrives:
+                 {\"stream\":N,\"msg\":{...}}, and {\"stream\":N,\"end\":\"...\"} when a stream ends
+  --close end    close each stream when the response has ended or the client half-closes (default)
+  --close never  never close a stream: only the client ends it
+  --close reset  answer each stream's first message with an error (status UNAVAILABLE)";
+
+/// When the server ends a stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Close {
+    AtEnd,
+    Never,
+    Reset,
+}
+
+struct Options {
+    listen: SocketAddr,
+    record: bool,
+    close: Close,
+}
 
 #[derive(Default)]
 struct Counts {
@@ -98,6 +121,122 @@ impl Counts {
 
 struct Sink {
     counts: Arc<Counts>,
+    record: bool,
+    close: Close,
+    next_stream: AtomicU64,
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn headers_json(headers: Option<&HeaderMap>) -> String {
+    let Some(map) = headers else {
+        return "null".to_owned();
+    };
+    let fields: Vec<String> = map
+        .headers
+        .iter()
+        .map(|h| {
+            format!(
+                "{{\"key\":{},\"value\":{},\"raw_value\":\"{}\"}}",
+                json_string(&h.key),
+                json_string(&h.value),
+                hex(&h.raw_value)
+            )
+        })
+        .collect();
+    format!("[{}]", fields.join(","))
+}
+
+fn value_json(value: &prost_types::Value) -> String {
+    use prost_types::value::Kind;
+    match &value.kind {
+        Some(Kind::StringValue(text)) => format!("{{\"string\":{}}}", json_string(text)),
+        Some(Kind::BoolValue(flag)) => format!("{{\"bool\":{flag}}}"),
+        Some(Kind::NumberValue(n)) => format!("{{\"number\":{n}}}"),
+        Some(Kind::NullValue(_)) => "{\"null\":true}".to_owned(),
+        other => format!("{{\"other\":{}}}", json_string(&format!("{other:?}"))),
+    }
+}
+
+fn attributes_json(attributes: &std::collections::HashMap<String, prost_types::Struct>) -> String {
+    let mut namespaces: Vec<String> = attributes
+        .iter()
+        .map(|(namespace, fields)| {
+            let mut fields: Vec<String> = fields
+                .fields
+                .iter()
+                .map(|(name, value)| format!("{}:{}", json_string(name), value_json(value)))
+                .collect();
+            fields.sort();
+            format!("{}:{{{}}}", json_string(namespace), fields.join(","))
+        })
+        .collect();
+    namespaces.sort();
+    format!("{{{}}}", namespaces.join(","))
+}
+
+/// One message as JSON: the part it carries, its attributes, and the Debug text of every other
+/// field (so a field the recorder does not know still shows up, and differs if it differs).
+fn message_json(request: &ProcessingRequest) -> String {
+    let part = match &request.request {
+        Some(Message::RequestHeaders(h)) | Some(Message::ResponseHeaders(h)) => format!(
+            "\"headers\":{},\"end_of_stream\":{},\"headers_attributes\":{}",
+            headers_json(h.headers.as_ref()),
+            h.end_of_stream,
+            attributes_json(&h.attributes)
+        ),
+        Some(Message::RequestBody(b)) | Some(Message::ResponseBody(b)) => format!(
+            "\"body\":\"{}\",\"end_of_stream\":{}",
+            hex(&b.body),
+            b.end_of_stream
+        ),
+        Some(Message::RequestTrailers(t)) | Some(Message::ResponseTrailers(t)) => {
+            format!("\"trailers\":{}", headers_json(t.trailers.as_ref()))
+        }
+        None => "\"none\":true".to_owned(),
+    };
+    let kind = match &request.request {
+        Some(Message::RequestHeaders(_)) => "request_headers",
+        Some(Message::ResponseHeaders(_)) => "response_headers",
+        Some(Message::RequestBody(_)) => "request_body",
+        Some(Message::ResponseBody(_)) => "response_body",
+        Some(Message::RequestTrailers(_)) => "request_trailers",
+        Some(Message::ResponseTrailers(_)) => "response_trailers",
+        None => "none",
+    };
+    let mut rest = request.clone();
+    rest.request = None;
+    rest.attributes.clear();
+    format!(
+        "{{\"kind\":\"{kind}\",{part},\"attributes\":{},\"rest\":{}}}",
+        attributes_json(&request.attributes),
+        json_string(&format!("{rest:?}"))
+    )
+}
+
+/// One line on stdout, whole (the test reads lines as they come).
+fn emit(line: String) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 #[tonic::async_trait]
@@ -109,29 +248,50 @@ impl ExternalProcessor for Sink {
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
         self.counts.streams.fetch_add(1, Ordering::Relaxed);
+        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let (record, close) = (self.record, self.close);
         let mut inbound = request.into_inner();
         // Nothing is ever sent on `reply`; dropping it ends our side (status
         // OK), which tells Envoy the processor wants nothing more.
         let (reply, replies) = mpsc::channel(1);
         let counts = Arc::clone(&self.counts);
         tokio::spawn(async move {
-            loop {
+            let end = loop {
                 match inbound.message().await {
                     Ok(Some(message)) => {
+                        if record {
+                            emit(format!(
+                                "{{\"stream\":{stream},\"msg\":{}}}",
+                                message_json(&message)
+                            ));
+                        }
+                        if close == Close::Reset {
+                            let _ = reply
+                                .send(Err(Status::unavailable("extproc-sink --close reset")))
+                                .await;
+                            break "reset";
+                        }
                         let last = message
                             .request
                             .as_ref()
                             .is_some_and(|message| counts.record(message));
-                        if last {
-                            break;
+                        if last && close == Close::AtEnd {
+                            break "response-end";
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => break "client-half-close",
                     Err(_) => {
                         counts.stream_errors.fetch_add(1, Ordering::Relaxed);
-                        break;
+                        break "client-error";
                     }
                 }
+            };
+            if record {
+                emit(format!("{{\"stream\":{stream},\"end\":\"{end}\"}}"));
+            }
+            if close == Close::Never {
+                // Hold our side open until the client goes away.
+                reply.closed().await;
             }
             drop(reply);
         });
@@ -140,8 +300,8 @@ impl ExternalProcessor for Sink {
 }
 
 fn main() -> ExitCode {
-    let listen = match parse_listen(std::env::args().skip(1)) {
-        Ok(addr) => addr,
+    let options = match parse_options(std::env::args().skip(1)) {
+        Ok(options) => options,
         Err(e) => {
             eprintln!("extproc-sink: {e}\n{USAGE}");
             return ExitCode::from(2);
@@ -157,7 +317,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(listen)) {
+    match runtime.block_on(serve(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("extproc-sink: {e}");
@@ -166,7 +326,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(options: Options) -> Result<(), Box<dyn std::error::Error>> {
+    let listen = options.listen;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -175,6 +336,9 @@ async fn serve(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
     let counts = Arc::new(Counts::default());
     let service = ExternalProcessorServer::new(Sink {
         counts: Arc::clone(&counts),
+        record: options.record,
+        close: options.close,
+        next_stream: AtomicU64::new(0),
     })
     .max_decoding_message_size(16 << 20);
     let shutdown = async move {
@@ -196,22 +360,35 @@ async fn serve(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
             .serve_with_incoming(TcpListenerStream::new(listener)) => served?,
         () = shutdown => {}
     }
-    println!("{}", counts.to_json());
+    emit(counts.to_json());
     Ok(())
 }
 
-fn parse_listen(mut args: impl Iterator<Item = String>) -> Result<SocketAddr, String> {
-    let mut listen = SocketAddr::from(([127, 0, 0, 1], 0));
+fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        record: false,
+        close: Close::AtEnd,
+    };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => {
                 let value = args.next().ok_or("--listen needs a value")?;
-                listen = value
+                options.listen = value
                     .parse()
                     .map_err(|_| format!("--listen: not an ip:port address: {value}"))?;
+            }
+            "--record" => options.record = true,
+            "--close" => {
+                options.close = match args.next().as_deref() {
+                    Some("end") => Close::AtEnd,
+                    Some("never") => Close::Never,
+                    Some("reset") => Close::Reset,
+                    other => return Err(format!("--close: end, never or reset, not {other:?}")),
+                }
             }
             other => return Err(format!("unknown argument: {other}")),
         }
     }
-    Ok(listen)
+    Ok(options)
 }
