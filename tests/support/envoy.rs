@@ -26,6 +26,8 @@ pub enum Filter {
     None,
     /// The oob-mirror filter first in the chain, with this plugin JSON.
     OobMirror(String),
+    /// Another HTTP filter first in the chain (e.g. Envoy's own ext_proc, as a reference).
+    Http(Value),
 }
 
 /// Per-test Envoy options.
@@ -41,6 +43,11 @@ pub struct EnvoyConfig {
     pub module: Option<PathBuf>,
     /// The wasm filter's `failure_policy`.
     pub failure_policy: &'static str,
+    /// The node cluster speaks HTTP/2 (gRPC), as the ext_proc protocol needs.
+    pub node_http2: bool,
+    /// Routes tried before the catch-all route to `upstream`, and the clusters they name.
+    pub extra_routes: Vec<Value>,
+    pub extra_clusters: Vec<Value>,
 }
 
 impl EnvoyConfig {
@@ -54,6 +61,9 @@ impl EnvoyConfig {
             component_log_level: None,
             module: None,
             failure_policy: "FAIL_OPEN",
+            node_http2: false,
+            extra_routes: Vec::new(),
+            extra_clusters: Vec::new(),
         }
     }
 
@@ -67,6 +77,9 @@ impl EnvoyConfig {
             component_log_level: None,
             module: None,
             failure_policy: "FAIL_OPEN",
+            node_http2: false,
+            extra_routes: Vec::new(),
+            extra_clusters: Vec::new(),
         }
     }
 
@@ -91,6 +104,27 @@ impl EnvoyConfig {
         self
     }
 
+    /// The node cluster speaks HTTP/2 (gRPC).
+    pub fn node_http2(mut self) -> EnvoyConfig {
+        self.node_http2 = true;
+        self
+    }
+
+    /// A route to a cluster whose port is closed: Envoy answers with its own 503.
+    pub fn dead_route(mut self, prefix: &str) -> EnvoyConfig {
+        self.extra_routes.push(json!({
+            "match": { "prefix": prefix },
+            "route": { "cluster": "dead", "timeout": "30s" }
+        }));
+        self.extra_clusters.push(json!({
+            "name": "dead",
+            "type": "STATIC",
+            "connect_timeout": "0.25s",
+            "load_assignment": load_assignment("dead", super::ports::closed_port())
+        }));
+        self
+    }
+
     /// `FAIL_OPEN` (the default), `FAIL_CLOSED` or `FAIL_RELOAD`.
     pub fn failure_policy(mut self, policy: &'static str) -> EnvoyConfig {
         self.failure_policy = policy;
@@ -99,10 +133,41 @@ impl EnvoyConfig {
 
     /// The bootstrap, as JSON (Envoy reads `.json` bootstraps).
     pub fn bootstrap(&self) -> Value {
+        let mut bootstrap = self.base_bootstrap();
+        if let Some(clusters) = bootstrap["static_resources"]["clusters"].as_array_mut() {
+            clusters.extend(self.extra_clusters.iter().cloned());
+        }
+        bootstrap
+    }
+
+    fn base_bootstrap(&self) -> Value {
         let mut http_filters = Vec::new();
-        if let Filter::OobMirror(plugin) = &self.filter {
-            let module = self.module.clone().unwrap_or_else(wasm_module);
-            http_filters.push(wasm_filter(&module, plugin, self.failure_policy));
+        match &self.filter {
+            Filter::None => {}
+            Filter::OobMirror(plugin) => {
+                let module = self.module.clone().unwrap_or_else(wasm_module);
+                http_filters.push(wasm_filter(&module, plugin, self.failure_policy));
+            }
+            Filter::Http(filter) => http_filters.push(filter.clone()),
+        }
+        let mut routes = self.extra_routes.clone();
+        routes.push(json!({
+            "match": { "prefix": "/" },
+            "route": { "cluster": "upstream", "timeout": "30s" }
+        }));
+        let mut node = json!({
+            "name": "oob_mirror_node",
+            "type": "STATIC",
+            "connect_timeout": "0.25s",
+            "load_assignment": load_assignment("oob_mirror_node", self.node_port)
+        });
+        if self.node_http2 {
+            node["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": { "http2_protocol_options": {} }
+                }
+            });
         }
         http_filters.push(json!({
             "name": "envoy.filters.http.router",
@@ -132,10 +197,7 @@ impl EnvoyConfig {
                                     "virtual_hosts": [{
                                         "name": "all",
                                         "domains": ["*"],
-                                        "routes": [{
-                                            "match": { "prefix": "/" },
-                                            "route": { "cluster": "upstream", "timeout": "30s" }
-                                        }]
+                                        "routes": routes
                                     }]
                                 },
                                 "http_filters": http_filters
@@ -161,12 +223,7 @@ impl EnvoyConfig {
                             }
                         }
                     },
-                    {
-                        "name": "oob_mirror_node",
-                        "type": "STATIC",
-                        "connect_timeout": "0.25s",
-                        "load_assignment": load_assignment("oob_mirror_node", self.node_port)
-                    }
+                    node
                 ]
             }
         })

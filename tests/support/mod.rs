@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod envoy;
+pub mod extproc;
 pub mod load;
 pub mod oci;
 pub mod paths;

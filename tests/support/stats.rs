@@ -26,6 +26,16 @@ pub const COUNTERS: &[&str] = &[
     "bodies_truncated",
     "bodies_truncated_budget",
     "backoffs",
+    "extproc_exchanges",
+    "extproc_streams_opened",
+    "extproc_streams_completed",
+    "extproc_streams_failed",
+    "extproc_streams_cancelled",
+    "extproc_streams_refused",
+    "extproc_dropped_max_streams",
+    "extproc_dropped_backoff",
+    "extproc_messages_sent",
+    "extproc_bytes_sent",
 ];
 
 pub const GAUGES: &[&str] = &[
@@ -33,6 +43,7 @@ pub const GAUGES: &[&str] = &[
     "queued_records",
     "inflight_records",
     "wasm_memory_bytes",
+    "extproc_streams_active",
 ];
 
 #[derive(Clone, Default)]
@@ -104,8 +115,35 @@ impl Stats {
     }
 
     /// The invariant holds and nothing is queued or in flight.
+    /// ext_proc mode: every exchange is in a stream that ended (by outcome), was dropped (by
+    /// reason), or is still active.
+    pub fn check_extproc_invariant(&self) -> Result<(), String> {
+        let accounted: i128 = [
+            "extproc_streams_completed",
+            "extproc_streams_failed",
+            "extproc_streams_cancelled",
+            "extproc_streams_refused",
+            "extproc_dropped_max_streams",
+            "extproc_dropped_backoff",
+            "extproc_streams_active",
+        ]
+        .iter()
+        .map(|name| self.get(name))
+        .sum();
+        let exchanges = self.get("extproc_exchanges");
+        if exchanges == accounted {
+            Ok(())
+        } else {
+            Err(format!(
+                "extproc_exchanges {exchanges} != accounted {accounted}: {self:?}"
+            ))
+        }
+    }
+
     pub fn is_drained(&self) -> bool {
         self.check_invariant().is_ok()
+            && self.check_extproc_invariant().is_ok()
+            && self.get("extproc_streams_active") == 0
             && self.get("queued_records") == 0
             && self.get("inflight_records") == 0
     }
