@@ -4,6 +4,7 @@
 #   make wasm    dist/oob_mirror.wasm (release, size-checked)
 #   make wasm-trap  dist/oob_mirror_trap.wasm (test-only trap build, for tests/e2e_trap.rs)
 #   make sink    target/release/oob-mirror-sink (reference analysis node)
+#   make extproc-sink  tools/extproc-sink: recording ext_proc server (tests, bench, demo)
 #   make oci     dist/oci: the module as a Wasm OCI image layout (oci and compat variants)
 #   make push IMAGE=registry/repo:tag  push both variants (compat as tag-compat); PUSH_FLAGS=...
 #   make istio IMAGE=registry/repo:tag  dist/istio: Istio manifests for that image (docs/istio.md)
@@ -51,7 +52,7 @@ export ENVOY_BIN OOB_MIRROR_WASM
 OOB_MIRROR_TRAP_WASM := $(CURDIR)/$(WASM_TRAP_OUT)
 export OOB_MIRROR_TRAP_WASM
 
-.PHONY: setup wasm sink lint test demo clean wasm-trap soak
+.PHONY: setup wasm sink extproc-sink lint test demo clean wasm-trap soak
 .PHONY: oci push
 
 setup:
@@ -103,6 +104,14 @@ wasm-trap:
 sink:
 	$(CARGO) build --release -p oob-mirror-sink
 
+# The ext_proc server: the recording node of tests/e2e_extproc.rs and the node of make bench's
+# ext_proc rows. Its own workspace and target dir (gRPC dependencies only it needs).
+EXTPROC_SINK := $(CURDIR)/tools/extproc-sink/target/release/extproc-sink
+export EXTPROC_SINK
+extproc-sink:
+	$(CARGO) build --release --manifest-path tools/extproc-sink/Cargo.toml \
+	  --target-dir tools/extproc-sink/target
+
 oci: wasm
 	$(PYTHON) tools/oci_image.py build '$(WASM_OUT)' '$(OCI_DIR)'
 
@@ -118,8 +127,11 @@ lint:
 	$(CARGO) clippy --target $(WASM_TARGET) --lib -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) --lib --features test-trap -- -D warnings
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) fmt --manifest-path tools/extproc-sink/Cargo.toml --check
+	$(CARGO) clippy --release --manifest-path tools/extproc-sink/Cargo.toml \
+	  --target-dir tools/extproc-sink/target -- -D warnings
 
-test: setup wasm wasm-trap
+test: setup wasm wasm-trap extproc-sink
 	@echo "test: ENVOY_BIN=$(ENVOY_BIN) OOB_MIRROR_WASM=$(OOB_MIRROR_WASM)"
 	@echo "test: $$('$(ENVOY_BIN)' --version | grep -o 'version: .*')"
 	@mkdir -p target
@@ -150,9 +162,11 @@ NODE_SERVICE       ?= oob-mirror-sink
 NODE_NAMESPACE     ?= oob-mirror
 NODE_PORT          ?= 9090
 EXTERNAL_NODE_HOST ?= node.example.com
+WALLARM_NODE_HOST  ?= wallarm-node.example.com
+WALLARM_NODE_PORT  ?= 5080
 SINK_IMAGE         ?= registry.example.com/oob-mirror-sink:0.1.0
 ISTIO_SETTINGS     := GATEWAY_NAMESPACE GATEWAY_NAME NODE_SERVICE NODE_NAMESPACE NODE_PORT \
-                      EXTERNAL_NODE_HOST SINK_IMAGE
+                      EXTERNAL_NODE_HOST WALLARM_NODE_HOST WALLARM_NODE_PORT SINK_IMAGE
 ISTIO_RENDER        = '$(VENV)/bin/python' tools/istio_render.py istio \
                       $(foreach v,$(ISTIO_SETTINGS),--set '$(v)=$($(v))')
 ISTIO_VALIDATE      = '$(VENV)/bin/python' tools/validate_istio.py --crds '$(ISTIO_CRDS)'

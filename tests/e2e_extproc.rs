@@ -2,6 +2,13 @@
 //! client (observability mode, Wallarm's settings), for the same traffic, through the same
 //! recording server; then a slow response, and a node that is down, never closes or resets.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod support;
 
 use serde_json::{json, Value};
