@@ -6,10 +6,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oob_mirror::config::{Config, MIN_BATCH_BYTES};
+use oob_mirror::config::{Config, Protocol, MIN_BATCH_BYTES};
 use serde_json::{json, Value};
 
-/// A section's field as written (Config::parse refuses arrays, so every section is an object).
+/// A section's field as written (Config::parse refuses arrays but the attribute lists, so every
+/// section is an object).
 fn field<'a>(parent: Option<&'a Value>, name: &str) -> Option<&'a Value> {
     match parent? {
         Value::Object(fields) => fields.get(name),
@@ -86,6 +87,7 @@ fn check_bounds(config: &Config) {
     assert!(batch.max_queue_bytes >= batch.max_bytes);
     assert!(config.capture.request_body_max <= 64 << 20);
     assert!(config.capture.response_body_max <= 64 << 20);
+    assert!((1..=65_536).contains(&config.ext_proc.max_streams));
 }
 
 fn written_out(config: &Config) -> Vec<u8> {
@@ -96,6 +98,15 @@ fn written_out(config: &Config) -> Vec<u8> {
             "authority": c.node.authority,
             "path": c.node.path,
             "timeout_ms": c.node.timeout_ms,
+            "protocol": match c.node.protocol {
+                Protocol::Batch => "batch",
+                Protocol::ExtProc => "ext_proc",
+            },
+        },
+        "ext_proc": {
+            "request_attributes": c.ext_proc.request_attributes,
+            "response_attributes": c.ext_proc.response_attributes,
+            "max_streams": c.ext_proc.max_streams,
         },
         "capture": {
             "request_body_max": c.capture.request_body_max,
