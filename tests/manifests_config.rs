@@ -6,6 +6,14 @@
 //!   `istio/`, with the placeholders filled in here as `make istio` fills them
 //!   (test values, not the Makefile's defaults, so a hard-coded name shows);
 //! - the filter configuration of each Envoy bootstrap in `envoy/`.
+//!
+//! In ext_proc mode (`istio/wallarm-node/`, `envoy/envoy-extproc.yaml`) that
+//! cluster must also speak HTTP/2 (gRPC needs it) and originate TLS with SNI
+//! and a check of the node certificate's name.
+//!
+//! Last, the real Envoy validates `envoy/envoy-extproc.yaml`, with its CA file
+//! path pointed at a test certificate (`envoy/envoy.yaml` is validated as it is
+//! by `e2e_shipped_bootstrap.rs`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -17,18 +25,22 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
-use oob_mirror::config::Config;
+use oob_mirror::config::{Config, Protocol};
 use serde::Deserialize;
 use serde_norway::Value;
 
-use support::paths::repo_root;
+use support::envoy::critical_wasm_lines;
+use support::paths::{envoy_bin, repo_root, TempDir};
 
 const GATEWAY_NAMESPACE: &str = "gw-ns";
 const NODE_SERVICE: &str = "node-svc";
 const NODE_NAMESPACE: &str = "node-ns";
 const NODE_PORT: &str = "9191";
 const EXTERNAL_NODE_HOST: &str = "node.test.example";
+const WALLARM_NODE_HOST: &str = "wallarm.test.example";
+const WALLARM_NODE_PORT: u64 = 15080;
 
 /// Every placeholder of the templates and its test value.
 fn template_values() -> Vec<(&'static str, String)> {
@@ -41,6 +53,8 @@ fn template_values() -> Vec<(&'static str, String)> {
         ("NODE_NAMESPACE", NODE_NAMESPACE.to_owned()),
         ("NODE_PORT", NODE_PORT.to_owned()),
         ("EXTERNAL_NODE_HOST", EXTERNAL_NODE_HOST.to_owned()),
+        ("WALLARM_NODE_HOST", WALLARM_NODE_HOST.to_owned()),
+        ("WALLARM_NODE_PORT", WALLARM_NODE_PORT.to_string()),
         (
             "SINK_IMAGE",
             "registry.example.com/oob-mirror-sink:test".to_owned(),
@@ -54,6 +68,7 @@ const PLUGIN_TEMPLATES: &[&str] = &[
     "wasmplugin-targetrefs.yaml",
     "trafficextension.yaml",
     "external-node/wasmplugin.yaml",
+    "wallarm-node/wasmplugin.yaml",
 ];
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
@@ -179,7 +194,8 @@ fn defined_clusters(manifests: &[Manifest]) -> BTreeSet<String> {
     clusters
 }
 
-/// Whether a DestinationRule of the manifests originates TLS to `host:port`, with its SNI.
+/// Whether a DestinationRule of the manifests originates TLS to `host:port`, with its SNI and
+/// the node's certificate checked for that name.
 fn originates_tls(manifests: &[Manifest], host: &str, port: u64) -> bool {
     manifests
         .iter()
@@ -190,7 +206,44 @@ fn originates_tls(manifests: &[Manifest], host: &str, port: u64) -> bool {
             setting["port"]["number"].as_u64() == Some(port)
                 && str_at(setting, &["tls", "mode"]) == Some("SIMPLE")
                 && str_at(setting, &["tls", "sni"]) == Some(host)
+                && seq(&setting["tls"], "subjectAltNames")
+                    .iter()
+                    .any(|name| name.as_str() == Some(host))
         })
+}
+
+/// Whether Istio builds the cluster for `host:port` as HTTP/2, which a gRPC stream needs: the
+/// ServiceEntry port's protocol is one Istio speaks HTTP/2 to (GRPC, HTTP2), or a
+/// DestinationRule upgrades the host's HTTP/1.1 to HTTP/2.
+fn speaks_http2(manifests: &[Manifest], host: &str, port: u64) -> bool {
+    let port_protocol = manifests
+        .iter()
+        .filter(|m| m.doc["kind"].as_str() == Some("ServiceEntry"))
+        .filter(|m| {
+            seq(&m.doc["spec"], "hosts")
+                .iter()
+                .any(|h| h.as_str() == Some(host))
+        })
+        .flat_map(|m| seq(&m.doc["spec"], "ports"))
+        .any(|p| {
+            p["number"].as_u64() == Some(port)
+                && matches!(p["protocol"].as_str(), Some("GRPC" | "HTTP2"))
+        });
+    let upgraded = manifests
+        .iter()
+        .filter(|m| m.doc["kind"].as_str() == Some("DestinationRule"))
+        .filter(|m| str_at(&m.doc, &["spec", "host"]) == Some(host))
+        .any(|m| {
+            let policy = &m.doc["spec"]["trafficPolicy"];
+            let upgrades = |p: &Value| {
+                str_at(p, &["connectionPool", "http", "h2UpgradePolicy"]) == Some("UPGRADE")
+            };
+            upgrades(policy)
+                || seq(policy, "portLevelSettings")
+                    .iter()
+                    .any(|s| s["port"]["number"].as_u64() == Some(port) && upgrades(s))
+        });
+    port_protocol || upgraded
 }
 
 #[test]
@@ -217,25 +270,52 @@ fn every_istio_plugin_configuration_is_accepted_and_names_a_defined_cluster() {
             panic!("{file}: the filter refuses its pluginConfig ({e}): {json}")
         });
 
-        let (expected_cluster, expected_authority) = if file.starts_with("external-node/") {
-            assert!(
-                originates_tls(&manifests, EXTERNAL_NODE_HOST, 443),
-                "{file}: no DestinationRule originating TLS to {EXTERNAL_NODE_HOST}:443"
+        if file.starts_with("wallarm-node/") {
+            // A Wallarm Native Node in envoy-external-filter mode: gRPC ext_proc, over TLS.
+            assert_eq!(config.node.protocol, Protocol::ExtProc, "{file}");
+            assert_eq!(
+                config.node.cluster,
+                format!("outbound|{WALLARM_NODE_PORT}||{WALLARM_NODE_HOST}"),
+                "{file}"
             );
-            (
-                format!("outbound|443||{EXTERNAL_NODE_HOST}"),
-                EXTERNAL_NODE_HOST.to_owned(),
-            )
+            assert!(
+                originates_tls(&manifests, WALLARM_NODE_HOST, WALLARM_NODE_PORT),
+                "{file}: no DestinationRule originating TLS to \
+                 {WALLARM_NODE_HOST}:{WALLARM_NODE_PORT} with SNI and SAN check"
+            );
+            assert!(
+                speaks_http2(&manifests, WALLARM_NODE_HOST, WALLARM_NODE_PORT),
+                "{file}: the node's cluster is not HTTP/2 (a ServiceEntry port of protocol \
+                 GRPC, or h2UpgradePolicy: UPGRADE), so no gRPC stream could use it"
+            );
+            assert_eq!(
+                config.ext_proc.request_attributes,
+                ["request.id", "request.time", "source.address"],
+                "{file}: the attributes Wallarm's ext_proc setup sends"
+            );
         } else {
-            (
-                format!("outbound|{NODE_PORT}||{in_mesh_host}"),
-                in_mesh_host.clone(),
-            )
-        };
-        assert_eq!(config.node.cluster, expected_cluster, "{file}");
-        assert_eq!(config.node.authority, expected_authority, "{file}");
+            let (expected_cluster, expected_authority) = if file.starts_with("external-node/") {
+                assert!(
+                    originates_tls(&manifests, EXTERNAL_NODE_HOST, 443),
+                    "{file}: no DestinationRule originating TLS to {EXTERNAL_NODE_HOST}:443 \
+                     with SNI and SAN check"
+                );
+                (
+                    format!("outbound|443||{EXTERNAL_NODE_HOST}"),
+                    EXTERNAL_NODE_HOST.to_owned(),
+                )
+            } else {
+                (
+                    format!("outbound|{NODE_PORT}||{in_mesh_host}"),
+                    in_mesh_host.clone(),
+                )
+            };
+            assert_eq!(config.node.protocol, Protocol::Batch, "{file}");
+            assert_eq!(config.node.cluster, expected_cluster, "{file}");
+            assert_eq!(config.node.authority, expected_authority, "{file}");
+        }
         // The cluster must be one the manifests make Istio build, or every batch
-        // would fail to dispatch.
+        // would fail to dispatch (every ext_proc stream be refused).
         assert!(
             clusters.contains(&config.node.cluster),
             "{file}: node.cluster {} is not defined by a Service or ServiceEntry in istio/: {clusters:?}",
@@ -302,12 +382,151 @@ fn every_envoy_bootstrap_configuration_is_accepted_and_names_one_of_its_clusters
                     "{file}: node.cluster {:?} is not one of its clusters: {clusters:?}",
                     config.node.cluster
                 );
+                if config.node.protocol == Protocol::ExtProc {
+                    let cluster = seq(&bootstrap["static_resources"], "clusters")
+                        .iter()
+                        .find(|c| str_at(c, &["name"]) == Some(config.node.cluster.as_str()))
+                        .unwrap();
+                    check_grpc_tls_cluster(&file, cluster);
+                }
                 checked.push(file.clone());
             }
         }
     }
+    for bootstrap in ["envoy/envoy.yaml", EXTPROC_BOOTSTRAP] {
+        assert!(
+            checked.iter().any(|f| f == bootstrap),
+            "no oob-mirror filter configuration found in {bootstrap}; checked: {checked:?}"
+        );
+    }
+}
+
+/// An Envoy cluster fit for the filter's gRPC streams to a node that requires TLS: HTTP/2, and
+/// TLS with SNI, h2 by ALPN, a trusted CA and the SNI name checked in the certificate's SANs.
+fn check_grpc_tls_cluster(file: &str, cluster: &Value) {
+    let name = str_at(cluster, &["name"]).unwrap();
+    let options = &cluster["typed_extension_protocol_options"]
+        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
     assert!(
-        checked.iter().any(|f| f == "envoy/envoy.yaml"),
-        "no oob-mirror filter configuration found in envoy/envoy.yaml; checked: {checked:?}"
+        options["explicit_http_config"]["http2_protocol_options"].is_mapping(),
+        "{file}: cluster {name} is not explicitly HTTP/2, which gRPC needs: {cluster:#?}"
+    );
+    let tls = &cluster["transport_socket"]["typed_config"];
+    assert_eq!(
+        tls["@type"].as_str(),
+        Some("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
+        "{file}: cluster {name} does not originate TLS: {cluster:#?}"
+    );
+    let sni = str_at(tls, &["sni"])
+        .unwrap_or_else(|| panic!("{file}: cluster {name} sends no SNI: {tls:#?}"));
+    let common = &tls["common_tls_context"];
+    assert!(
+        seq(common, "alpn_protocols")
+            .iter()
+            .any(|p| p.as_str() == Some("h2")),
+        "{file}: cluster {name} does not offer h2 by ALPN: {tls:#?}"
+    );
+    let validation = &common["validation_context"];
+    assert!(
+        str_at(validation, &["trusted_ca", "filename"]).is_some(),
+        "{file}: cluster {name} trusts no CA file: {tls:#?}"
+    );
+    assert!(
+        seq(validation, "match_typed_subject_alt_names")
+            .iter()
+            .any(|m| str_at(m, &["san_type"]) == Some("DNS")
+                && str_at(m, &["matcher", "exact"]) == Some(sni)),
+        "{file}: cluster {name} does not check the certificate's DNS SAN {sni}: {tls:#?}"
+    );
+    // The endpoint is the host the certificate is checked for.
+    let addresses: Vec<&str> = seq(&cluster["load_assignment"], "endpoints")
+        .iter()
+        .flat_map(|e| seq(e, "lb_endpoints"))
+        .filter_map(|e| str_at(e, &["endpoint", "address", "socket_address", "address"]))
+        .collect();
+    assert_eq!(addresses, [sni], "{file}: cluster {name}'s endpoints");
+}
+
+/// The ext_proc bootstrap, relative to the repository root.
+const EXTPROC_BOOTSTRAP: &str = "envoy/envoy-extproc.yaml";
+/// The CA file the ext_proc bootstrap trusts: an operator's path, absent here.
+const EXTPROC_CA_PATH: &str = "/etc/wallarm/ca.pem";
+/// A self-signed CA certificate (its key was discarded), only so Envoy has a CA file to load.
+const TEST_CA_PEM: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIBtjCCAVugAwIBAgIUT+50p3kBNFknIRmBvwsy1I0nmwswCgYIKoZIzj0EAwIw
+LzEtMCsGA1UEAwwkb29iLW1pcnJvciB0ZXN0IENBICh2YWxpZGF0aW9uIG9ubHkp
+MCAXDTI2MTIwMTE5MDM1N1oYDzIxMjYxMTA3MTkwMzU3WjAvMS0wKwYDVQQDDCRv
+b2ItbWlycm9yIHRlc3QgQ0EgKHZhbGlkYXRpb24gb25seSkwWTATBgcqhkjOPQIB
+BggqhkjOPQMBBwNCAATdGU1FeGy89iglMeck5ORQS6UMFUAQaFWEBMMifrtU/d+x
+a7o8y+Kg5KhiAO5y28Z94dpRanFXNm2o9ztugZtWo1MwUTAdBgNVHQ4EFgQUzyut
+oLNX/A4WXafRpnUOLkW64UMwHwYDVR0jBBgwFoAUzyutoLNX/A4WXafRpnUOLkW6
+4UMwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEAsZY/ZVs3B2Lx
+NFNG4x0j9jW5YdxoZuV41TYX9VdYWhsCIQCI7uY/W/RgyBC+vhBcbEZB2AebRwMR
+HSDc5HrF3oBMmw==
+-----END CERTIFICATE-----
+";
+
+/// The real Envoy accepts `envoy/envoy-extproc.yaml` as shipped, but for its CA file path, which
+/// points at a test certificate here (Envoy refuses a missing CA file). Run from the repository
+/// root, where the bootstrap's relative module path `dist/oob_mirror.wasm` points.
+#[test]
+fn envoy_validates_the_extproc_bootstrap() {
+    let root = repo_root();
+    let module = root.join("dist/oob_mirror.wasm");
+    assert!(
+        module.is_file(),
+        "{} is missing: build it with `make wasm` (the bootstrap loads it from there)",
+        module.display()
+    );
+    let text = std::fs::read_to_string(root.join(EXTPROC_BOOTSTRAP)).unwrap();
+    assert_eq!(
+        text.matches(EXTPROC_CA_PATH).count(),
+        1,
+        "{EXTPROC_BOOTSTRAP}: expected the CA path {EXTPROC_CA_PATH} once"
+    );
+    let dir = TempDir::new("extproc-bootstrap");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, TEST_CA_PEM).unwrap();
+    let bootstrap = dir.path().join("envoy-extproc.yaml");
+    std::fs::write(
+        &bootstrap,
+        text.replace(EXTPROC_CA_PATH, ca.to_str().unwrap()),
+    )
+    .unwrap();
+
+    let bin = envoy_bin();
+    // `--mode validate` builds the clusters (loading the CA file), loads the module and runs
+    // its configuration (a configuration the filter refuses fails validation), binds no port
+    // and exits on its own.
+    let out = Command::new(&bin)
+        .current_dir(&root)
+        .arg("--mode")
+        .arg("validate")
+        .arg("-c")
+        .arg(&bootstrap)
+        .args(["-l", "info"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "envoy --mode validate -c {EXTPROC_BOOTSTRAP} (CA path replaced) failed ({}); its output:\n{log}",
+        out.status
+    );
+    assert!(
+        log.contains(&format!("configuration '{}' OK", bootstrap.display())),
+        "no `configuration ... OK` line; Envoy's output:\n{log}"
+    );
+    let critical = critical_wasm_lines(&log);
+    assert!(
+        critical.is_empty(),
+        "critical wasm lines while validating:\n{}\nfull output:\n{log}",
+        critical.join("\n")
     );
 }
