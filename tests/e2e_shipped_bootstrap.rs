@@ -12,10 +12,10 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::path::Path;
 
-use support::envoy::critical_wasm_lines;
-use support::paths::{envoy_bin, repo_root};
+use support::envoy::assert_validates;
+use support::paths::repo_root;
 
 /// The bootstrap, relative to the repository root.
 const BOOTSTRAP: &str = "envoy/envoy.yaml";
@@ -31,34 +31,7 @@ fn envoy_validates_the_shipped_bootstrap() {
         "{} is missing: build it with `make wasm` (the bootstrap loads it from there)",
         module.display()
     );
-    let bin = envoy_bin();
-    // `--mode validate` loads the module and runs its configuration (a
-    // configuration the filter refuses fails validation), binds no port and
-    // exits on its own.
-    let out = Command::new(&bin)
-        .current_dir(&root)
-        .args(["--mode", "validate", "-c", BOOTSTRAP, "-l", "info"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "envoy --mode validate -c {BOOTSTRAP} failed ({}); its output:\n{log}",
-        out.status
-    );
-    assert!(
-        log.contains(&format!("configuration '{BOOTSTRAP}' OK")),
-        "no `configuration ... OK` line; Envoy's output:\n{log}"
-    );
-    let critical = critical_wasm_lines(&log);
-    assert!(
-        critical.is_empty(),
-        "critical wasm lines while validating:\n{}\nfull output:\n{log}",
-        critical.join("\n")
-    );
+    // `--mode validate` loads the module and runs its configuration (a configuration the
+    // filter refuses fails validation), binds no port and exits on its own.
+    assert_validates(&root, Path::new(BOOTSTRAP));
 }

@@ -25,14 +25,13 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use oob_mirror::config::{Config, Protocol};
 use serde::Deserialize;
 use serde_norway::Value;
 
-use support::envoy::critical_wasm_lines;
-use support::paths::{envoy_bin, repo_root, TempDir};
+use support::envoy::assert_validates;
+use support::paths::{repo_root, TempDir};
 
 const GATEWAY_NAMESPACE: &str = "gw-ns";
 const NODE_SERVICE: &str = "node-svc";
@@ -495,38 +494,7 @@ fn envoy_validates_the_extproc_bootstrap() {
     )
     .unwrap();
 
-    let bin = envoy_bin();
     // `--mode validate` builds the clusters (loading the CA file), loads the module and runs
-    // its configuration (a configuration the filter refuses fails validation), binds no port
-    // and exits on its own.
-    let out = Command::new(&bin)
-        .current_dir(&root)
-        .arg("--mode")
-        .arg("validate")
-        .arg("-c")
-        .arg(&bootstrap)
-        .args(["-l", "info"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "envoy --mode validate -c {EXTPROC_BOOTSTRAP} (CA path replaced) failed ({}); its output:\n{log}",
-        out.status
-    );
-    assert!(
-        log.contains(&format!("configuration '{}' OK", bootstrap.display())),
-        "no `configuration ... OK` line; Envoy's output:\n{log}"
-    );
-    let critical = critical_wasm_lines(&log);
-    assert!(
-        critical.is_empty(),
-        "critical wasm lines while validating:\n{}\nfull output:\n{log}",
-        critical.join("\n")
-    );
+    // its configuration, binds no port and exits on its own.
+    assert_validates(&root, &bootstrap);
 }

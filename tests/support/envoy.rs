@@ -530,3 +530,42 @@ fn listener_addr(admin: SocketAddr) -> Option<SocketAddr> {
     }
     format!("{ip}:{port}").parse().ok()
 }
+
+/// Runs `envoy --mode validate -c <config>` in `cwd` and asserts it accepts the configuration
+/// (which loads the module and runs its configuration) with no critical wasm line; returns
+/// Envoy's output.
+pub fn assert_validates(cwd: &Path, config: &Path) -> String {
+    let bin = envoy_bin();
+    let out = Command::new(&bin)
+        .current_dir(cwd)
+        .arg("--mode")
+        .arg("validate")
+        .arg("-c")
+        .arg(config)
+        .args(["-l", "info"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "envoy --mode validate -c {} failed ({}); its output:\n{log}",
+        config.display(),
+        out.status
+    );
+    assert!(
+        log.contains(&format!("configuration '{}' OK", config.display())),
+        "no `configuration ... OK` line; Envoy's output:\n{log}"
+    );
+    let critical = critical_wasm_lines(&log);
+    assert!(
+        critical.is_empty(),
+        "critical wasm lines while validating:\n{}\nfull output:\n{log}",
+        critical.join("\n")
+    );
+    log
+}
