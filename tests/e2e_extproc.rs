@@ -128,7 +128,7 @@ fn join_bodies(messages: &[Value]) -> Vec<Value> {
 ///   their kind (string or bool).
 fn normalize(msg: &Value, listener: &str) -> Value {
     let mut msg = msg.clone();
-    let listener_hex: String = listener.bytes().map(|b| format!("{b:02x}")).collect();
+    let listener_hex = hex(listener.as_bytes());
     if let Some(headers) = msg.get_mut("headers").and_then(Value::as_array_mut) {
         for header in headers {
             let key = header["key"].as_str().unwrap_or_default();
@@ -219,8 +219,9 @@ fn streams_equal_envoys_own_ext_proc_client() {
         names.len(),
         "oob-mirror: one stream per exchange"
     );
+    let (ref_listener, listener) = (envoy_ref.addr().to_string(), envoy.addr().to_string());
+    let older = older_envoy_omits_request_id();
     for (i, what) in names.iter().enumerate() {
-        let (ref_listener, listener) = (envoy_ref.addr().to_string(), envoy.addr().to_string());
         let want: Vec<Value> = join_bodies(&reference[i])
             .iter()
             .map(|m| normalize(m, &ref_listener))
@@ -231,7 +232,7 @@ fn streams_equal_envoys_own_ext_proc_client() {
             .collect();
         eprintln!("{what}: Envoy's ext_proc {}", summary(&want));
         eprintln!("{what}: oob-mirror      {}", summary(&got));
-        let (older, local_reply) = (older_envoy_omits_request_id(), *what == LOCAL_REPLY);
+        let local_reply = *what == LOCAL_REPLY;
         let mut got: Vec<Value> = if older {
             got.into_iter().map(without_request_id).collect()
         } else {
@@ -427,12 +428,11 @@ fn a_node_that_never_closes_is_bounded_and_cancelled() {
     send_gets(&envoy, 10);
     // Within node.timeout_ms (2 s) of the first exchange's end, four streams are open and six
     // exchanges were turned away.
-    let st = stats::read(&envoy);
     let open = support::wait::poll_until(EVENTUALLY, || {
         let st = stats::read(&envoy);
         (st.get("extproc_exchanges") == 10).then_some(st)
     })
-    .unwrap_or_else(|| panic!("exchanges not counted: {st:?}"));
+    .unwrap_or_else(|| panic!("exchanges not counted: {:?}", stats::read(&envoy)));
     assert_eq!(open.get("extproc_streams_opened"), 4, "{open:?}");
     assert_eq!(open.get("extproc_dropped_max_streams"), 6, "{open:?}");
     assert!(open.get("extproc_streams_active") <= 4, "{open:?}");

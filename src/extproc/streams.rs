@@ -158,11 +158,10 @@ impl Streams {
                     break;
                 }
             }
-            let finished = self.exchanges.get(&key).is_some_and(|e| e.finished);
-            if finished {
-                if let Some(exchange) = self.exchanges.get_mut(&key) {
-                    exchange.deadline_ms = Some(now_ms.saturating_add(self.timeout_ms));
-                }
+            let deadline = now_ms.saturating_add(self.timeout_ms);
+            let finished = self.exchanges.get_mut(&key).filter(|e| e.finished);
+            if let Some(exchange) = finished {
+                exchange.deadline_ms = Some(deadline);
                 if !close(token) {
                     self.end(token, false, now_ms);
                 }

@@ -30,6 +30,8 @@ pub struct MirrorRoot {
     metrics: Metrics,
     /// What Envoy's gRPC stream call takes to reach `node.cluster` (ext_proc mode).
     grpc_service: String,
+    /// The configured protocol: which transport the tick drives and which stream type serves.
+    protocol: Protocol,
 }
 
 impl MirrorRoot {
@@ -102,7 +104,7 @@ impl MirrorRoot {
         let Ok(worker) = worker.try_borrow() else {
             return;
         };
-        let (counters, gauges) = match worker.config.node.protocol {
+        let (counters, gauges) = match self.protocol {
             Protocol::Batch => (worker.shipper.counters(), worker.shipper.gauges()),
             Protocol::ExtProc => (
                 worker.streams.counters(),
@@ -201,9 +203,9 @@ impl RootContext for MirrorRoot {
         self.grpc_service = String::from_utf8(grpc_service(&config.node.cluster))
             .unwrap_or_else(|_| config.node.cluster.clone());
         let seed = random_seed();
-        let ext_proc = config.node.protocol == Protocol::ExtProc;
+        self.protocol = config.node.protocol;
         let worker = Worker::shared(config, seed);
-        if ext_proc {
+        if self.protocol == Protocol::ExtProc {
             // One queue per VM: Envoy keys queues by VM id and name, and every worker's VM has
             // the same id.
             let name = format!("oob-mirror.wake.{seed:016x}");
@@ -224,8 +226,10 @@ impl RootContext for MirrorRoot {
     }
 
     fn on_tick(&mut self) {
-        self.ship();
-        self.flush_streams();
+        match self.protocol {
+            Protocol::Batch => self.ship(),
+            Protocol::ExtProc => self.flush_streams(),
+        }
         self.publish();
     }
 
@@ -237,20 +241,13 @@ impl RootContext for MirrorRoot {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never None: the SDK panics on it. Without a worker the stream just passes through.
-        match &self.worker {
-            Some(worker)
-                if worker
-                    .try_borrow()
-                    .is_ok_and(|w| w.config.node.protocol == Protocol::ExtProc) =>
-            {
-                Some(Box::new(StreamContext::ExtProc(ExtProcStream::new(
-                    worker.clone(),
-                ))))
+        let stream = match (&self.worker, self.protocol) {
+            (Some(worker), Protocol::ExtProc) => {
+                StreamContext::ExtProc(ExtProcStream::new(worker.clone()))
             }
-            worker => Some(Box::new(StreamContext::Batch(MirrorStream::new(
-                worker.clone(),
-            )))),
-        }
+            (worker, _) => StreamContext::Batch(MirrorStream::new(worker.clone())),
+        };
+        Some(Box::new(stream))
     }
 
     fn get_type(&self) -> Option<ContextType> {
