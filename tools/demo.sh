@@ -3,11 +3,15 @@
 # the reference sink as the analysis node, and three sample requests.
 #
 #   make demo            (builds everything first; or run this script directly)
+#   make demo PROTOCOL=ext_proc   the same traffic as Envoy ext_proc streams, to a recording
+#                                 ext_proc server (tools/extproc-sink --record)
 #
 # Environment (all optional):
 #   ENVOY_BIN        Envoy binary            (`make demo` passes it; see `make setup`)
 #   OOB_MIRROR_WASM  the filter module       (default: dist/oob_mirror.wasm, see `make wasm`)
 #   SINK_BIN         the analysis node       (default: target/release/oob-mirror-sink, `make sink`)
+#   PROTOCOL         batch (default) or ext_proc
+#   EXTPROC_SINK     the ext_proc node       (default: tools/extproc-sink/target/release/extproc-sink)
 #   PYTHON           python3 interpreter     (default: python3)
 #
 # Every process it starts is stopped on exit, whatever happens. Exit status 0
@@ -22,6 +26,8 @@ ENVOY_BIN=${ENVOY_BIN:-$ROOT/.envoy/1.40.0/bin/envoy}
 OOB_MIRROR_WASM=${OOB_MIRROR_WASM:-$ROOT/dist/oob_mirror.wasm}
 SINK_BIN=${SINK_BIN:-$ROOT/target/release/oob-mirror-sink}
 PYTHON=${PYTHON:-python3}
+PROTOCOL=${PROTOCOL:-batch}
+EXTPROC_SINK=${EXTPROC_SINK:-$ROOT/tools/extproc-sink/target/release/extproc-sink}
 
 STARTUP_TIMEOUT_S=30  # Envoy compiles the module at start-up
 RECORDS_TIMEOUT_S=15
@@ -111,7 +117,13 @@ command -v curl >/dev/null || die "curl is required"
 command -v "$PYTHON" >/dev/null || die "$PYTHON is required"
 [[ -x "$ENVOY_BIN" ]] || die "no Envoy at $ENVOY_BIN (run: make setup)"
 [[ -f "$OOB_MIRROR_WASM" ]] || die "no filter module at $OOB_MIRROR_WASM (run: make wasm)"
-[[ -x "$SINK_BIN" ]] || die "no sink at $SINK_BIN (run: make sink)"
+case "$PROTOCOL" in
+  batch) [[ -x "$SINK_BIN" ]] || die "no sink at $SINK_BIN (run: make sink)" ;;
+  ext_proc)
+    [[ -x "$EXTPROC_SINK" ]] || die "no ext_proc server at $EXTPROC_SINK (run: make extproc-sink)"
+    SINK_BIN=$EXTPROC_SINK ;;
+  *) die "PROTOCOL is batch or ext_proc, not '$PROTOCOL'" ;;
+esac
 case "$OOB_MIRROR_WASM" in /*) ;; *) OOB_MIRROR_WASM=$ROOT/$OOB_MIRROR_WASM ;; esac
 
 # --- free ports ------------------------------------------------------------
@@ -135,6 +147,19 @@ sed -e "s|port_value: 10000 }|port_value: $LISTEN_PORT }|" \
     -e "s|address: 0.0.0.0,|address: 127.0.0.1,|" \
     -e "s|filename: dist/oob_mirror.wasm|filename: $wasm_sed|" \
     envoy/envoy.yaml >"$WORK/envoy.yaml"
+if [[ $PROTOCOL == ext_proc ]]; then
+  # The same bootstrap with the filter in ext_proc mode and the node cluster on HTTP/2 (gRPC).
+  sed -i -e 's|{"node":{"cluster":"oob_mirror_node",.*}}$|{"node":{"cluster":"oob_mirror_node","protocol":"ext_proc"}}|' \
+    -e 's|^    connect_timeout: 0.25s$|&\
+    typed_extension_protocol_options:\
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\
+        explicit_http_config: { http2_protocol_options: {} }|' "$WORK/envoy.yaml"
+  for want in '"protocol":"ext_proc"' 'http2_protocol_options'; do
+    [[ $(grep -cF -- "$want" "$WORK/envoy.yaml") -eq 1 ]] ||
+      die "could not switch envoy/envoy.yaml to ext_proc ('$want')"
+  done
+fi
 for want in "port_value: $LISTEN_PORT }" "port_value: $ADMIN_PORT }" \
   "port_value: $UPSTREAM_PORT }" "port_value: $NODE_PORT }" "filename: $OOB_MIRROR_WASM"; do
   [[ $(grep -cF -- "$want" "$WORK/envoy.yaml") -eq 1 ]] ||
@@ -147,7 +172,11 @@ ADMIN="http://127.0.0.1:$ADMIN_PORT"
 # --- start -----------------------------------------------------------------
 section "Starting the demo upstream, the analysis node (sink) and Envoy"
 start "demo upstream" upstream "$PYTHON" tools/demo_upstream.py --listen "127.0.0.1:$UPSTREAM_PORT"
-start "sink" sink "$SINK_BIN" --listen "127.0.0.1:$NODE_PORT"
+if [[ $PROTOCOL == ext_proc ]]; then
+  start "ext_proc server" sink "$SINK_BIN" --listen "127.0.0.1:$NODE_PORT" --record
+else
+  start "sink" sink "$SINK_BIN" --listen "127.0.0.1:$NODE_PORT"
+fi
 start "envoy" envoy "$ENVOY_BIN" -c "$WORK/envoy.yaml" --concurrency 1 \
   --log-level warn --disable-hot-restart
 
@@ -173,6 +202,38 @@ send "POST /api/login (JSON)" -H 'content-type: application/json' \
 send "GET  /search?q=1%27%20OR%201=1" "$BASE/search?q=1%27%20OR%201=1"
 
 # --- what the node received --------------------------------------------------
+if [[ $PROTOCOL == ext_proc ]]; then
+  # One ext_proc stream per exchange; the server prints a line when each one ends.
+  ended() { grep -c '"end":' "$WORK/sink.out" 2>/dev/null || true; }
+  all_ended() { (($(ended) >= EXCHANGES)); }
+  wait_until "$RECORDS_TIMEOUT_S" "$EXCHANGES ext_proc streams at the server" all_ended
+  section "What the ext_proc server received: $(ended) streams (expected $EXCHANGES)"
+  "$PYTHON" - "$WORK/sink.out" <<'EOF'
+import json, sys
+
+def text(hexed):
+    return bytes.fromhex(hexed).decode("utf-8", "replace")
+
+with open(sys.argv[1], encoding="utf-8") as f:
+    for line in f:
+        v = json.loads(line)
+        if "stream" not in v:
+            continue
+        if "end" in v:
+            print("stream %d ended (%s)" % (v["stream"], v["end"]))
+            continue
+        m = v["msg"]
+        print("stream %d: %s%s" % (v["stream"], m["kind"],
+                                   " end_of_stream" if m.get("end_of_stream") else ""))
+        for h in m.get("headers") or []:
+            print("    %s: %s" % (h["key"], text(h["raw_value"])))
+        if m.get("body"):
+            print("    body: %s" % text(m["body"])[:200])
+        for ns, fields in m.get("attributes", {}).items():
+            for name, value in sorted(fields.items()):
+                print("    attribute %s/%s = %s" % (ns, name, list(value.values())[0]))
+EOF
+else
 EXPECTED=$((EXCHANGES * 2)) # one request and one response record per exchange
 records() { grep -c . "$WORK/sink.out" 2>/dev/null || true; }
 have_records() { (($(records) >= EXPECTED)); }
@@ -215,6 +276,7 @@ with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
         print("--- record %d: %s %s ---" % (n, rec.get("kind", "?"), rec.get("id", "")))
         print(show(rec))
 EOF
+fi
 
 # --- metrics -----------------------------------------------------------------
 # Let the last batch's acknowledgement land so the gauges settle (bounded).
@@ -223,7 +285,8 @@ settled() {
   local s
   s=$(stats)
   grep -Eq 'oob_mirror\.inflight_records: 0$' <<<"$s" &&
-    grep -Eq 'oob_mirror\.queued_records: 0$' <<<"$s"
+    grep -Eq 'oob_mirror\.queued_records: 0$' <<<"$s" &&
+    grep -Eq 'oob_mirror\.extproc_streams_active: 0$' <<<"$s"
 }
 deadline=$((SECONDS + 5))
 until settled || ((SECONDS >= deadline)); do sleep 0.1; done
@@ -243,12 +306,24 @@ for line in os.environ["STATS"].splitlines():
         stats[m.group(1)] = stats.get(m.group(1), 0) + int(m.group(2))
 parts = ["records_sent", "records_dropped_queue_full", "records_dropped_node_failure",
          "queued_records", "inflight_records"]
-if "records_captured" in stats and all(p in stats for p in parts):
+if stats.get("records_captured") and all(p in stats for p in parts):
     total = sum(stats[p] for p in parts)
     ok = "holds" if total == stats["records_captured"] else "DOES NOT HOLD"
     print("\naccounting: records_captured %d = %s = %d  (%s)" % (
         stats["records_captured"], " + ".join("%s %d" % (p, stats[p]) for p in parts), total, ok))
+parts = ["extproc_streams_completed", "extproc_streams_failed", "extproc_streams_cancelled",
+         "extproc_streams_refused", "extproc_dropped_max_streams", "extproc_dropped_backoff",
+         "extproc_streams_active"]
+if stats.get("extproc_exchanges") and all(p in stats for p in parts):
+    total = sum(stats[p] for p in parts)
+    ok = "holds" if total == stats["extproc_exchanges"] else "DOES NOT HOLD"
+    print("\naccounting: extproc_exchanges %d = %s = %d  (%s)" % (
+        stats["extproc_exchanges"], " + ".join("%s %d" % (p, stats[p]) for p in parts), total, ok))
 EOF
 fi
 
-section "Done: $EXCHANGES exchanges mirrored, $(records) records received; stopping everything"
+if [[ $PROTOCOL == ext_proc ]]; then
+  section "Done: $EXCHANGES exchanges mirrored as $(ended) ext_proc streams; stopping everything"
+else
+  section "Done: $EXCHANGES exchanges mirrored, $(records) records received; stopping everything"
+fi
