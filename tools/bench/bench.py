@@ -7,9 +7,10 @@ upstream (nginx serving fixed files) and loaded by wrk:
   (a) no filter            (b) oob-mirror (dist/oob_mirror.wasm)
   (c) native mirroring     (d) Lua filter, async httpCall with headers + body
   (e) ext_proc, observability mode, headers and streamed bodies both ways
+  (f) oob-mirror in ext_proc mode (the same streams as (e), to the same processor)
 each with the node up and down (port closed), for GET, 1 KiB and 64 KiB POSTs.
 The HTTP node of (b)-(d) is a second Envoy answering 200 (node-envoy.yaml); the
-node of (e) is tools/extproc-sink.
+node of (e) and (f) is tools/extproc-sink.
 
 Environment: ENVOY_BIN (default .venv/bin/envoy; `make bench` passes its own),
 OOB_MIRROR_WASM (default dist/oob_mirror.wasm), EXTPROC_SINK, NGINX_BIN.
@@ -63,6 +64,7 @@ CASES = [
     Case("c", "native mirror", "native-mirror.yaml", "http"),
     Case("d", "Lua httpCall", "lua.yaml", "http"),
     Case("e", "ext_proc observability", "ext-proc.yaml", "grpc"),
+    Case("f", "oob-mirror ext_proc", "oob-mirror-extproc.yaml", "grpc"),
 ]
 
 
@@ -429,12 +431,17 @@ class Drained:
         active = envoy.stats(r"^cluster\.(oob_mirror_node|extproc)\.upstream_rq_active$")
         if any(active.values()):
             return False
-        if self.case.key != "b":
+        if self.case.key not in ("b", "f"):
             return True
         filter_stats = envoy.stats(FILTER_STATS)
         stable = filter_stats == self.last_filter_stats
         self.last_filter_stats = filter_stats
-        waiting = ("queued_records", "inflight_records") if self.node_up else ("inflight_records",)
+        if self.case.key == "f":
+            waiting = ("extproc_streams_active",)
+        elif self.node_up:
+            waiting = ("queued_records", "inflight_records")
+        else:
+            waiting = ("inflight_records",)
         return stable and not any(filter_stats.get(FILTER_PREFIX + k, 0) for k in waiting)
 
 
@@ -529,6 +536,18 @@ def sanity(run, case, payload):
         text = f"{total} requests, node not used"
     elif case.node == "grpc":
         failed_open = st.get("http.bench.ext_proc.failure_mode_allowed", 0)
+        if case.key == "f":
+            exchanges = filt.get("extproc_exchanges", 0)
+            accounted = sum(filt.get(k, 0) for k in (
+                "extproc_streams_completed", "extproc_streams_failed",
+                "extproc_streams_cancelled", "extproc_streams_refused",
+                "extproc_dropped_max_streams", "extproc_dropped_backoff",
+                "extproc_streams_active"))
+            expect(exchanges == accounted,
+                   f"accounting off: exchanges {exchanges} != {accounted}", problems)
+            expect(exchanges == total, f"{exchanges} exchanges for {total} requests", problems)
+            failed_open = (filt.get("extproc_dropped_max_streams", 0)
+                           + filt.get("extproc_dropped_backoff", 0))
         if up:
             c = run.get("extproc_counts", {})
             text = (f"{total} requests; sink: {c.get('streams')} streams, "
@@ -702,7 +721,7 @@ def render_markdown(results):
                 f"{SMALL_BODY_BYTES} B to GET and a body as large as the request to POST. "
                 "HTTP node of (b)-(d): a second Envoy (`--concurrency 1`) answering 200 after "
                 "reading the request whole (cheaper than the project's sink, which decodes "
-                "every record, and it takes any body); node of (e): `tools/extproc-sink` "
+                "every record, and it takes any body); node of (e) and (f): `tools/extproc-sink` "
                 "(tonic), which closes each stream once the response has ended. "
                 "\"down\": the node's port is closed. Ratios (×) are to (a) with the same "
                 "payload and node state. CPU µs/req: Envoy's utime+stime over the measured "
@@ -801,7 +820,7 @@ def parse_args():
     p.add_argument("--seconds", type=int, default=10, help="measured seconds per run")
     p.add_argument("--warmup", type=int, default=3, help="warm-up seconds per run")
     p.add_argument("--connections", type=int, default=16)
-    p.add_argument("--cases", default="abcde", help="subset of abcde")
+    p.add_argument("--cases", default="abcdef", help="subset of abcdef")
     p.add_argument("--payloads", default="get,1k,64k", help="subset of get,1k,64k")
     p.add_argument("--node", default="up,down", help="subset of up,down")
     p.add_argument("--only", choices=["throughput", "slow-node", "memory"],
@@ -810,7 +829,7 @@ def parse_args():
     args = p.parse_args()
     args.payloads = args.payloads.split(",")
     args.node = args.node.split(",")
-    if not set(args.cases) <= set("abcde") or not set(args.payloads) <= {"get", "1k", "64k"} \
+    if not set(args.cases) <= set("abcdef") or not set(args.payloads) <= {"get", "1k", "64k"} \
             or not set(args.node) <= {"up", "down"}:
         p.error("unknown case, payload or node state")
     return args
