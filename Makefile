@@ -55,8 +55,11 @@ export OOB_MIRROR_TRAP_WASM
 .PHONY: setup wasm sink extproc-sink lint test demo clean wasm-trap soak
 .PHONY: oci push
 
+# libmodsecurity and OWASP CRS: the analysis node (oob-mirror-sink --detect).
+NODE_PACKAGES := libmodsecurity3 libmodsecurity-dev modsecurity-crs
+
 setup:
-	@bash tools/ensure_packages.sh binaryen docker-registry skopeo
+	@bash tools/ensure_packages.sh binaryen docker-registry skopeo $(NODE_PACKAGES)
 	@if command -v rustup >/dev/null 2>&1; then \
 	  rustup target list --installed | grep -qx '$(WASM_TARGET)' \
 	    || rustup target add '$(WASM_TARGET)'; \
@@ -102,6 +105,7 @@ wasm-trap:
 	@cp '$(WASM_TRAP_DIR)/$(WASM_TARGET)/release/oob_mirror.wasm' '$(WASM_TRAP_OUT)'
 
 sink:
+	@bash tools/ensure_packages.sh $(NODE_PACKAGES)
 	$(CARGO) build --release -p oob-mirror-sink
 
 # The ext_proc server: the recording node of tests/e2e_extproc.rs and the node of make bench's

@@ -4,6 +4,7 @@
 //! - [`decode`]: batch body → [`Record`]s, strict on what the format promises.
 //! - [`record`]: the typed record.
 //! - [`json`]: one-line JSON rendering, as printed by the `oob-mirror-sink` CLI.
+//! - [`detect`]: `--detect`, OWASP CRS on the exchanges received.
 //! - [`node`]: an in-process HTTP/1.1 + h2c node with scriptable answers, for
 //!   end-to-end tests.
 //!
@@ -11,11 +12,14 @@
 //! depends on it.
 
 pub mod decode;
+pub mod detect;
 pub mod json;
 pub mod node;
 pub mod record;
 
 pub use decode::{decode_batch, decode_record, DecodeError, DecodeErrorKind, VERSION};
 pub use json::{to_json, to_json_line};
-pub use node::{BatchHook, BatchInfo, Behavior, Node, NodeConfig, WaitError};
+pub use node::{
+    BatchHook, BatchInfo, Behavior, GateHook, Node, NodeConfig, Page, PageHook, WaitError,
+};
 pub use record::{HeaderList, HeaderValue, Kind, Record};

@@ -1,5 +1,6 @@
 //! `oob-mirror-sink`: a stand-alone analysis node that prints every record it
-//! receives as one line of JSON on stdout.
+//! receives as one line of JSON on stdout or, with `--detect`, runs OWASP CRS
+//! on every exchange and prints the attacks.
 //!
 //! Scripts wait for `listening on ADDR` on stderr before sending traffic.
 
@@ -9,11 +10,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oob_mirror_sink::{to_json_line, BatchInfo, Behavior, Node, NodeConfig};
+use oob_mirror_sink::detect::pool::{Detection, Detector, PoolConfig};
+use oob_mirror_sink::detect::{attach, report, RulesConfig};
+use oob_mirror_sink::{to_json_line, BatchHook, BatchInfo, Behavior, Node, NodeConfig};
 use tokio::signal::unix::{signal, SignalKind};
 
 const USAGE: &str = "\
 usage: oob-mirror-sink [--listen ADDR] [--status CODE] [--delay-ms MS]
+       oob-mirror-sink --detect [--listen ADDR] [DETECTION OPTIONS]
 
 Receives oob-mirror batches (HTTP/1.1 or h2c, POST on any path) and prints
 each record as one JSON line on stdout.
@@ -21,11 +25,37 @@ each record as one JSON line on stdout.
   --listen ADDR   address to listen on (default 127.0.0.1:9090; port 0 = any)
   --status CODE   status to answer every batch with (default 204)
   --delay-ms MS   answer 200 after MS milliseconds (default 0)
+
+With --detect, every exchange (request and response paired by id) is run
+through OWASP CRS by libmodsecurity, detection only; each exchange where a
+rule matched is printed as one JSON line. GET /attacks shows the recent
+ones, GET /metrics the counters (Prometheus text).
+
+  --paranoia N            CRS paranoia level, 1 to 4 (default 1)
+  --rules FILE            extra ModSecurity rules, loaded last (repeatable)
+  --crs DIR               CRS rules directory (default /usr/share/modsecurity-crs/rules)
+  --threads N             analysis threads (default: one per core)
+  --queue N               exchanges waiting for analysis before batches are
+                          answered 503 (default 1024)
+  --pair-timeout-ms MS    how long a record waits for its other half; a request
+                          then goes alone (default 10000)
+  --max-pending N         records waiting for their other half, at most (default 10000)
+  --max-decompressed N    largest decompressed body analysed, bytes (default 1048576)
+  --print-records         print the records too, as without --detect
 ";
 
+#[derive(Debug)]
 struct Args {
     listen: SocketAddr,
     behavior: Behavior,
+    detect: Option<DetectArgs>,
+}
+
+#[derive(Debug, Default)]
+struct DetectArgs {
+    rules: RulesConfig,
+    pool: PoolConfig,
+    print_records: bool,
 }
 
 fn main() -> ExitCode {
@@ -64,13 +94,33 @@ fn run(args: Args) -> io::Result<()> {
         )
     };
 
-    let mut node = Node::start_with(NodeConfig {
+    let mut config = NodeConfig {
         addr: args.listen,
         behavior: args.behavior,
         // Records are printed, not kept: the process may run for long.
         retain: false,
         on_batch: Some(Arc::new(print_batch)),
-    })?;
+        ..NodeConfig::default()
+    };
+    let detector = match args.detect {
+        Some(detect) => {
+            let detector = Arc::new(
+                Detector::start(&detect.rules, detect.pool, Some(Arc::new(print_detection)))
+                    .map_err(io::Error::other)?,
+            );
+            let all = detect.print_records;
+            // Rejected batches are always said (on stderr); records only when asked.
+            let print: BatchHook = Arc::new(move |batch: &BatchInfo| {
+                if all || batch.error.is_some() {
+                    print_batch(batch);
+                }
+            });
+            attach(&mut config, &detector, Some(print));
+            Some(detector)
+        }
+        None => None,
+    };
+    let mut node = Node::start_with(config)?;
     eprintln!("listening on {}", node.addr());
 
     runtime.block_on(async {
@@ -80,7 +130,17 @@ fn run(args: Args) -> io::Result<()> {
         }
     });
     node.stop();
+    drop(detector);
     Ok(())
+}
+
+fn print_detection(detection: &Detection) {
+    let mut line = report::json_line(detection);
+    line.push('\n');
+    let mut stdout = io::stdout().lock();
+    let _ = stdout
+        .write_all(line.as_bytes())
+        .and_then(|()| stdout.flush());
 }
 
 /// Prints the batch's records with a single write, so lines of concurrent
@@ -112,6 +172,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     let mut listen = SocketAddr::from(([127, 0, 0, 1], 9090));
     let mut status: Option<u16> = None;
     let mut delay_ms: u64 = 0;
+    let mut detect = false;
+    let mut d = DetectArgs::default();
+    let mut detect_flag: Option<String> = None;
     while let Some(arg) = it.next() {
         // Accept both `--flag value` and `--flag=value`.
         let (flag, inline) = match arg.split_once('=') {
@@ -148,8 +211,52 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
                     .parse()
                     .map_err(|_| format!("--delay-ms: not a number: {v}"))?;
             }
+            "--detect" => detect = true,
+            "--print-records" => {
+                d.print_records = true;
+                detect_flag = Some(flag);
+            }
+            "--paranoia" => {
+                let n: u8 = number(&flag, &value()?)?;
+                if !(1..=4).contains(&n) {
+                    return Err(format!("--paranoia: 1 to 4, not {n}"));
+                }
+                d.rules.paranoia = n;
+                detect_flag = Some(flag);
+            }
+            "--rules" => {
+                d.rules.extra.push(value()?.into());
+                detect_flag = Some(flag);
+            }
+            "--crs" => {
+                d.rules.crs_rules = value()?.into();
+                detect_flag = Some(flag);
+            }
+            "--threads" => {
+                d.pool.threads = positive(&flag, &value()?)?;
+                detect_flag = Some(flag);
+            }
+            "--queue" => {
+                d.pool.queue = positive(&flag, &value()?)?;
+                detect_flag = Some(flag);
+            }
+            "--max-pending" => {
+                d.pool.max_pending = positive(&flag, &value()?)?;
+                detect_flag = Some(flag);
+            }
+            "--max-decompressed" => {
+                d.pool.max_decompressed = positive(&flag, &value()?)?;
+                detect_flag = Some(flag);
+            }
+            "--pair-timeout-ms" => {
+                d.pool.pair_timeout = Duration::from_millis(number(&flag, &value()?)?);
+                detect_flag = Some(flag);
+            }
             other => return Err(format!("unknown argument: {other}")),
         }
+    }
+    if let (false, Some(flag)) = (detect, &detect_flag) {
+        return Err(format!("{flag} needs --detect"));
     }
     let behavior = match (status, delay_ms) {
         (None, 0) => Behavior::Ok,
@@ -157,7 +264,22 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         (None, ms) => Behavior::Delay(Duration::from_millis(ms)),
         (Some(_), _) => return Err("--delay-ms always answers 200; drop --status".into()),
     };
-    Ok(Some(Args { listen, behavior }))
+    Ok(Some(Args {
+        listen,
+        behavior,
+        detect: detect.then_some(d),
+    }))
+}
+
+fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("{flag}: not a number: {v}"))
+}
+
+fn positive(flag: &str, v: &str) -> Result<usize, String> {
+    match number(flag, v)? {
+        0 => Err(format!("{flag}: must be at least 1")),
+        n => Ok(n),
+    }
 }
 
 #[cfg(test)]
@@ -197,5 +319,38 @@ mod tests {
         assert!(parse(&["--bogus"]).is_err());
         assert!(parse(&["--status", "500", "--delay-ms", "10"]).is_err());
         assert!(parse(&["-h"]).unwrap().is_none());
+        assert!(parse(&["--paranoia", "2"])
+            .unwrap_err()
+            .contains("needs --detect"));
+        assert!(parse(&["--detect", "--paranoia", "5"]).is_err());
+        assert!(parse(&["--detect", "--threads", "0"]).is_err());
+    }
+
+    #[test]
+    fn detect_flags() {
+        assert!(parse(&[]).unwrap().unwrap().detect.is_none());
+        let a = parse(&[
+            "--detect",
+            "--paranoia=2",
+            "--rules",
+            "a.conf",
+            "--rules",
+            "b.conf",
+            "--threads",
+            "3",
+            "--queue",
+            "5",
+            "--pair-timeout-ms",
+            "250",
+        ])
+        .unwrap()
+        .unwrap();
+        let d = a.detect.unwrap();
+        assert_eq!(d.rules.paranoia, 2);
+        assert_eq!(d.rules.extra.len(), 2);
+        assert_eq!(d.pool.threads, 3);
+        assert_eq!(d.pool.queue, 5);
+        assert_eq!(d.pool.pair_timeout, Duration::from_millis(250));
+        assert!(!d.print_records);
     }
 }

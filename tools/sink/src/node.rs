@@ -90,6 +90,20 @@ impl BatchInfo {
 /// Called for every batch, on the node's thread, before the batch is stored.
 pub type BatchHook = Arc<dyn Fn(&BatchInfo) + Send + Sync>;
 
+/// Asked before each batch is decoded: `false` answers it `503` (the
+/// analysis behind it is full) and records nothing.
+pub type GateHook = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// A page served on `GET` (`/attacks`, `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+/// Answers `GET PATH`; `None` is a 404.
+pub type PageHook = Arc<dyn Fn(&str) -> Option<Page> + Send + Sync>;
+
 /// How to start a [`Node`]; `NodeConfig::default()` is what [`Node::start`]
 /// uses.
 #[derive(Clone)]
@@ -102,6 +116,8 @@ pub struct NodeConfig {
     /// `on_batch`; counts are kept either way.
     pub retain: bool,
     pub on_batch: Option<BatchHook>,
+    pub gate: Option<GateHook>,
+    pub pages: Option<PageHook>,
 }
 
 impl Default for NodeConfig {
@@ -111,6 +127,8 @@ impl Default for NodeConfig {
             behavior: Behavior::Ok,
             retain: true,
             on_batch: None,
+            gate: None,
+            pages: None,
         }
     }
 }
@@ -122,6 +140,8 @@ impl fmt::Debug for NodeConfig {
             .field("behavior", &self.behavior)
             .field("retain", &self.retain)
             .field("on_batch", &self.on_batch.is_some())
+            .field("gate", &self.gate.is_some())
+            .field("pages", &self.pages.is_some())
             .finish()
     }
 }
@@ -164,6 +184,8 @@ struct Shared {
     notify: Notify,
     retain: bool,
     on_batch: Option<BatchHook>,
+    gate: Option<GateHook>,
+    pages: Option<PageHook>,
 }
 
 #[derive(Default)]
@@ -205,6 +227,8 @@ impl Node {
             notify: Notify::new(),
             retain: config.retain,
             on_batch: config.on_batch,
+            gate: config.gate,
+            pages: config.pages,
         });
         let (addr, server) = Server::spawn(config.addr, Arc::clone(&shared))?;
         Ok(Node {
@@ -576,6 +600,18 @@ async fn connection(builder: auto::Builder<TokioExecutor>, stream: TcpStream, sh
 type Reply = Response<Full<Bytes>>;
 
 async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Reply, Infallible> {
+    // Pages only on an analysis node; otherwise a GET is a 405 like any non-POST.
+    if let (&Method::GET, Some(pages)) = (req.method(), &shared.pages) {
+        if let Some(page) = pages(req.uri().path()) {
+            let mut response = reply(StatusCode::OK, &page.body);
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(page.content_type),
+            );
+            return Ok(response);
+        }
+        return Ok(reply(StatusCode::NOT_FOUND, "not found\n"));
+    }
     if req.method() != Method::POST {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "POST batches only\n"));
     }
@@ -585,6 +621,13 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Reply, In
         // Too large, or the client went away mid-body: nothing to record.
         Err(_) => return Ok(reply(StatusCode::PAYLOAD_TOO_LARGE, "")),
     };
+    // The body is read first, so the connection stays usable for the retry.
+    if shared.gate.as_ref().is_some_and(|admit| !admit()) {
+        return Ok(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "analysis is behind\n",
+        ));
+    }
     let (records, error) = match decode_batch(&body) {
         Ok(records) => (records, None),
         Err(e) => (Vec::new(), Some(e)),

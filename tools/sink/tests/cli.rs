@@ -81,3 +81,142 @@ fn bad_arguments_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
 }
+
+#[test]
+fn detect_prints_one_json_line_per_attack_and_serves_the_attacks_page() {
+    let rules =
+        std::env::temp_dir().join(format!("oob-mirror-cli-rules-{}.conf", std::process::id()));
+    // An extra rule file, loaded after CRS: flags a header CRS ignores.
+    std::fs::write(
+        &rules,
+        "SecRule REQUEST_HEADERS:x-canary \"@streq tripped\" \"id:199001,phase:1,pass,log,msg:'Canary header',severity:'NOTICE'\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oob-mirror-sink"))
+        .args([
+            "--detect",
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--rules",
+        ])
+        .arg(&rules)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = lines(child.stdout.take().unwrap());
+    let stderr = lines(child.stderr.take().unwrap());
+    let ready = stderr.recv_timeout(WAIT).unwrap();
+    let addr: std::net::SocketAddr = ready
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {ready}"))
+        .parse()
+        .unwrap();
+
+    let mut batch = Vec::new();
+    let headers = [
+        ("host", "shop.example"),
+        ("accept", "*/*"),
+        ("x-canary", "tripped"),
+    ];
+    common::push_http_request(
+        &mut batch,
+        "benign",
+        "GET",
+        "/products?page=2",
+        &headers[..2],
+        b"",
+    );
+    common::push_http_response(&mut batch, "benign", 200, &[], b"[]");
+    common::push_http_request(
+        &mut batch,
+        "attack",
+        "GET",
+        "/products?id=1%20UNION%20SELECT%20password%20FROM%20users",
+        &headers,
+        b"",
+    );
+    common::push_http_response(&mut batch, "attack", 200, &[], b"[]");
+    assert_eq!(
+        post_blocking(addr, true, 4, batch).unwrap(),
+        StatusCode::NO_CONTENT
+    );
+
+    // Only the attack is printed; the records are not.
+    let line: serde_json::Value =
+        serde_json::from_str(&stdout.recv_timeout(WAIT).unwrap()).unwrap();
+    assert_eq!(line["id"], "attack");
+    assert_eq!(line["ts"], "2025-12-01T20:34:09.000Z");
+    assert_eq!(line["source"], "203.0.113.7:40000");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["authority"], "api.example.com");
+    assert_eq!(
+        line["path"],
+        "/products?id=1%20UNION%20SELECT%20password%20FROM%20users"
+    );
+    assert_eq!(line["status"], 200);
+    let rules_seen: Vec<u64> = line["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert!(rules_seen.contains(&199001), "{line}");
+    assert!(rules_seen.iter().any(|id| id / 1000 == 942), "{line}");
+    let sqli = line["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"].as_u64().unwrap() / 1000 == 942)
+        .unwrap();
+    assert!(!sqli["msg"].as_str().unwrap().is_empty());
+    assert_eq!(sqli["severity"], "CRITICAL");
+    assert!(sqli["data"].as_str().unwrap().contains("ARGS:id"), "{sqli}");
+    assert!(
+        stdout.recv_timeout(Duration::from_millis(300)).is_err(),
+        "benign exchange printed"
+    );
+
+    let (status, page) = common::get_blocking(addr, "/attacks").unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("UNION%20SELECT") && page.contains("199001"),
+        "{page}"
+    );
+    let (_, metrics) = common::get_blocking(addr, "/metrics").unwrap();
+    assert!(
+        metrics.contains("oob_mirror_node_exchanges_analysed_total 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("oob_mirror_node_records_received_total 4\n"),
+        "{metrics}"
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let exit = child.wait().unwrap();
+    let _ = std::fs::remove_file(&rules);
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn detect_refuses_a_bad_rule_file_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_oob-mirror-sink"))
+        .args([
+            "--detect",
+            "--listen",
+            "127.0.0.1:0",
+            "--rules",
+            "/nonexistent/rules.conf",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/rules.conf"), "{err}");
+    assert!(!err.contains("listening on"), "{err}");
+}

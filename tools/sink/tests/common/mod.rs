@@ -150,3 +150,92 @@ pub fn post_blocking(
         .build()?
         .block_on(post(addr, h2, records, body))
 }
+
+/// Appends a request record with the given method, path, headers and body
+/// (HTTP/1.1 from 203.0.113.7).
+pub fn push_http_request(
+    buf: &mut Vec<u8>,
+    id: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    enc::write_map_len(buf, 18).unwrap();
+    uint_entry(buf, "v", 1);
+    str_entry(buf, "kind", "request");
+    str_entry(buf, "id", id);
+    uint_entry(buf, "ts_ns", 1_764_621_249_000_000_000);
+    str_entry(buf, "method", method);
+    str_entry(buf, "scheme", "http");
+    str_entry(buf, "authority", "api.example.com");
+    str_entry(buf, "path", path);
+    str_entry(buf, "protocol", "HTTP/1.1");
+    str_entry(buf, "source", "203.0.113.7:40000");
+    str_entry(buf, "destination", "10.0.0.1:8080");
+    bool_entry(buf, "tls", false);
+    write_headers(buf, headers);
+    enc::write_str(buf, "trailers").unwrap();
+    enc::write_array_len(buf, 0).unwrap();
+    enc::write_str(buf, "body").unwrap();
+    enc::write_bin(buf, body).unwrap();
+    uint_entry(buf, "body_size", body.len() as u64);
+    bool_entry(buf, "body_truncated", false);
+    bool_entry(buf, "complete", true);
+}
+
+pub fn push_http_response(
+    buf: &mut Vec<u8>,
+    id: &str,
+    status: u64,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    enc::write_map_len(buf, 13).unwrap();
+    uint_entry(buf, "v", 1);
+    str_entry(buf, "kind", "response");
+    str_entry(buf, "id", id);
+    uint_entry(buf, "ts_ns", 1_764_621_249_001_000_000);
+    uint_entry(buf, "status", status);
+    str_entry(buf, "details", "via_upstream");
+    write_headers(buf, headers);
+    enc::write_str(buf, "trailers").unwrap();
+    enc::write_array_len(buf, 0).unwrap();
+    enc::write_str(buf, "body").unwrap();
+    enc::write_bin(buf, body).unwrap();
+    uint_entry(buf, "body_size", body.len() as u64);
+    bool_entry(buf, "body_truncated", false);
+    bool_entry(buf, "complete", true);
+    uint_entry(buf, "duration_us", 10);
+}
+
+fn write_headers(buf: &mut Vec<u8>, headers: &[(&str, &str)]) {
+    enc::write_str(buf, "headers").unwrap();
+    enc::write_array_len(buf, headers.len() as u32).unwrap();
+    for (name, value) in headers {
+        enc::write_array_len(buf, 2).unwrap();
+        enc::write_str(buf, name).unwrap();
+        enc::write_str(buf, value).unwrap();
+    }
+}
+
+/// `GET path` over HTTP/1.1: status and body as text.
+pub fn get_blocking(addr: SocketAddr, path: &str) -> Result<(StatusCode, String), BoxError> {
+    use http_body_util::BodyExt;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let io = TokioIo::new(TcpStream::connect(addr).await?);
+            let (mut sender, conn) = http1::handshake(io).await?;
+            tokio::spawn(conn);
+            let req = Request::builder()
+                .uri(path)
+                .header("host", "node")
+                .body(Full::new(Bytes::new()))?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        })
+}

@@ -1,0 +1,283 @@
+//! What the node shows: one JSON line per detection (stdout), the
+//! `/attacks` page, and `/metrics` in Prometheus text format.
+
+use std::fmt::Write as _;
+
+use serde_json::json;
+
+use super::pool::{Detection, Snapshot};
+
+/// The detection as one line of JSON (no newline).
+pub fn json_line(d: &Detection) -> String {
+    let rules: Vec<_> = d
+        .rules
+        .iter()
+        .map(|m| json!({"id": m.id, "msg": m.msg, "severity": m.severity, "data": m.data}))
+        .collect();
+    json!({
+        "id": d.id,
+        "ts": rfc3339(d.ts_ns),
+        "source": d.source,
+        "method": d.method,
+        "authority": d.authority,
+        "path": d.path,
+        "status": d.status,
+        "rules": rules,
+    })
+    .to_string()
+}
+
+/// `ts_ns` (Unix time in nanoseconds) as `2026-12-01T20:34:09.123Z`.
+pub fn rfc3339(ts_ns: u64) -> String {
+    let secs = ts_ns / 1_000_000_000;
+    let millis = (ts_ns / 1_000_000) % 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The `/attacks` page: the recent detections, newest first.
+pub fn attacks_page(recent: &[Detection], snapshot: &Snapshot) -> String {
+    let mut rows = String::new();
+    for d in recent {
+        let mut rules = String::new();
+        for m in &d.rules {
+            let _ = write!(
+                rules,
+                "<li><b>{}</b> {} <span class=sev>{}</span><br><code>{}</code></li>",
+                m.id,
+                esc(&m.msg),
+                esc(&m.severity),
+                esc(&m.data)
+            );
+        }
+        let _ = writeln!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=path>{}</td><td>{}</td><td><ul>{}</ul></td></tr>",
+            esc(&rfc3339(d.ts_ns)),
+            esc(d.source.as_deref().unwrap_or("")),
+            esc(&d.method),
+            esc(d.authority.as_deref().unwrap_or("")),
+            esc(&d.path),
+            d.status.map_or_else(|| "—".to_owned(), |s| s.to_string()),
+            rules
+        );
+    }
+    if recent.is_empty() {
+        rows.push_str("<tr><td colspan=7>No attacks detected yet.</td></tr>\n");
+    }
+    format!(
+        r#"<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>oob-mirror node: attacks</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 1.5em; color: #222 }}
+table {{ border-collapse: collapse; width: 100% }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 6px 8px; text-align: left; vertical-align: top }}
+th {{ background: #f4f4f4 }}
+td.path {{ font-family: monospace; word-break: break-all }}
+ul {{ margin: 0; padding-left: 1.1em }}
+code {{ color: #555; word-break: break-all }}
+.sev {{ color: #b00; font-size: 12px }}
+</style></head><body>
+<h1>Attacks</h1>
+<p>{analysed} exchanges analysed, {attacks} with attacks (OWASP CRS via libmodsecurity). Newest first.</p>
+<table id=attacks>
+<thead><tr><th>Time</th><th>Source</th><th>Method</th><th>Host</th><th>Path</th><th>Status</th><th>Rules</th></tr></thead>
+<tbody>
+{rows}</tbody></table></body></html>
+"#,
+        analysed = snapshot.exchanges_analysed,
+        attacks = snapshot.exchanges_with_attacks,
+    )
+}
+
+/// `/metrics`, Prometheus text format 0.0.4.
+pub fn metrics(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = write!(
+            out,
+            "# HELP oob_mirror_node_{name} {help}\n# TYPE oob_mirror_node_{name} {kind}\noob_mirror_node_{name} {value}\n"
+        );
+    };
+    metric(
+        "records_received_total",
+        "counter",
+        "Records received in batches.",
+        s.records_received.to_string(),
+    );
+    metric(
+        "decode_errors_total",
+        "counter",
+        "Batches refused because they did not decode.",
+        s.decode_errors.to_string(),
+    );
+    metric(
+        "batches_refused_busy_total",
+        "counter",
+        "Batches answered 503 because analysis was behind.",
+        s.batches_refused_busy.to_string(),
+    );
+    metric(
+        "exchanges_analysed_total",
+        "counter",
+        "Exchanges run through the rules.",
+        s.exchanges_analysed.to_string(),
+    );
+    metric(
+        "exchanges_with_attacks_total",
+        "counter",
+        "Analysed exchanges where at least one rule matched.",
+        s.exchanges_with_attacks.to_string(),
+    );
+    metric(
+        "exchanges_paired_total",
+        "counter",
+        "Requests analysed with their response.",
+        s.paired.to_string(),
+    );
+    metric(
+        "unpaired_requests_total",
+        "counter",
+        "Requests analysed alone (response late or pushed out).",
+        s.unpaired_requests.to_string(),
+    );
+    metric(
+        "unpaired_responses_total",
+        "counter",
+        "Responses dropped because their request never came.",
+        s.unpaired_responses.to_string(),
+    );
+    metric(
+        "bodies_decompression_cut_total",
+        "counter",
+        "Decompressed bodies cut at the size bound.",
+        s.bodies_cut.to_string(),
+    );
+    metric(
+        "analysis_seconds_total",
+        "counter",
+        "Time spent analysing, all threads.",
+        format!("{:.6}", s.analysis_ns as f64 / 1e9),
+    );
+    metric(
+        "analysis_queue",
+        "gauge",
+        "Exchanges waiting for analysis.",
+        s.queued.to_string(),
+    );
+    metric(
+        "pairing_pending",
+        "gauge",
+        "Records waiting for their other half.",
+        s.pending.to_string(),
+    );
+    metric(
+        "analysis_threads",
+        "gauge",
+        "Analysis threads.",
+        s.threads.to_string(),
+    );
+    out.push_str("# HELP oob_mirror_node_rule_matches_total Exchanges matched, by rule id.\n# TYPE oob_mirror_node_rule_matches_total counter\n");
+    for (id, n) in &s.matches_by_rule {
+        let _ = writeln!(
+            out,
+            "oob_mirror_node_rule_matches_total{{rule=\"{id}\"}} {n}"
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::RuleMatch;
+
+    fn detection() -> Detection {
+        Detection {
+            id: "r1".into(),
+            ts_ns: 1_764_621_249_123_456_789,
+            source: Some("10.0.0.9:5000".into()),
+            method: "GET".into(),
+            authority: Some("api".into()),
+            path: "/q?<script>".into(),
+            status: Some(200),
+            rules: vec![RuleMatch {
+                id: 941100,
+                msg: "XSS Attack Detected via libinjection".into(),
+                severity: "CRITICAL".into(),
+                data: "<script>".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(1_764_621_249_123_456_789),
+            "2025-12-01T20:34:09.123Z"
+        );
+    }
+
+    #[test]
+    fn json_line_fields() {
+        let v: serde_json::Value = serde_json::from_str(&json_line(&detection())).unwrap();
+        assert_eq!(v["id"], "r1");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["rules"][0]["id"], 941100);
+        assert_eq!(v["rules"][0]["severity"], "CRITICAL");
+        assert_eq!(v["path"], "/q?<script>");
+    }
+
+    #[test]
+    fn page_escapes() {
+        let page = attacks_page(&[detection()], &Snapshot::default());
+        assert!(page.contains("/q?&lt;script&gt;"));
+        assert!(!page.contains("<script>"));
+        assert!(page.contains("941100"));
+    }
+
+    #[test]
+    fn metrics_text() {
+        let mut s = Snapshot {
+            exchanges_analysed: 3,
+            ..Snapshot::default()
+        };
+        s.matches_by_rule.insert(942100, 2);
+        let text = metrics(&s);
+        assert!(text.contains("oob_mirror_node_exchanges_analysed_total 3\n"));
+        assert!(text.contains("oob_mirror_node_rule_matches_total{rule=\"942100\"} 2\n"));
+    }
+}
