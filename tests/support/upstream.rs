@@ -8,6 +8,7 @@
 //!   HTTP/2 client;
 //! - `/upload-sha`: `{"len": <bytes received>, "fnv1a64": "<hex>"}`;
 //! - `/status/<code>`: that status with body `status <code>`;
+//! - `/db-error`: `500`, an HTML page leaking a MySQL error ([`DB_ERROR_PAGE`]);
 //! - anything else: echo, `200` with a JSON [`Echo`] of the request.
 //!
 //! The echo and `/upload-sha` routes read the request body frame by frame and
@@ -34,6 +35,8 @@ use serde_json::{json, Value};
 
 pub const TRAILERS_BODY: &str = "trailers-body";
 pub const STREAM_CHUNKS: usize = 10;
+/// What an application that lets database errors through answers.
+pub const DB_ERROR_PAGE: &str = "<html><body><h1>Internal error</h1><p>You have an error in your SQL syntax; check the manual that corresponds to your MySQL server version for the right syntax to use near ''' at line 1</p></body></html>";
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -243,6 +246,14 @@ async fn handle(
             return Ok(response(StatusCode::OK, "text/plain", body.boxed()));
         }
         return Ok(response(StatusCode::OK, "text/plain", full(TRAILERS_BODY)));
+    }
+    if path == "/db-error" {
+        let _ = req.into_body().collect().await;
+        return Ok(response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/html",
+            full(DB_ERROR_PAGE),
+        ));
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let _ = req.into_body().collect().await;
