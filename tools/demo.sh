@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # oob-mirror demo: a real Envoy with the filter in front of a demo upstream,
-# the reference sink as the analysis node, and three sample requests.
+# the sink as the analysis node (OWASP CRS, `oob-mirror-sink --detect`), and
+# sample API traffic: the seed's test (`GET /etc/passwd`), SQL injection, XSS,
+# command injection, a database error leaking in a response, and benign calls.
 #
 #   make demo            (builds everything first; or run this script directly)
 #   make demo PROTOCOL=ext_proc   the same traffic as Envoy ext_proc streams, to a recording
@@ -15,8 +17,8 @@
 #   PYTHON           python3 interpreter     (default: python3)
 #
 # Every process it starts is stopped on exit, whatever happens. Exit status 0
-# when the analysis node received every expected record; otherwise non-zero,
-# with Envoy's log printed.
+# when the analysis node received every expected record and (batch) reported
+# every attack and no benign call; otherwise non-zero, with Envoy's log printed.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -175,7 +177,7 @@ start "demo upstream" upstream "$PYTHON" tools/demo_upstream.py --listen "127.0.
 if [[ $PROTOCOL == ext_proc ]]; then
   start "ext_proc server" sink "$SINK_BIN" --listen "127.0.0.1:$NODE_PORT" --record
 else
-  start "sink" sink "$SINK_BIN" --listen "127.0.0.1:$NODE_PORT"
+  start "sink" sink "$SINK_BIN" --listen "127.0.0.1:$NODE_PORT" --detect --print-records
 fi
 start "envoy" envoy "$ENVOY_BIN" -c "$WORK/envoy.yaml" --concurrency 1 \
   --log-level warn --disable-hot-restart
@@ -187,19 +189,34 @@ say "upstream 127.0.0.1:$UPSTREAM_PORT   sink 127.0.0.1:$NODE_PORT   envoy $BASE
 
 # --- traffic ---------------------------------------------------------------
 section "Client traffic through Envoy"
+# Each request names itself in x-request-id (the record id), so the detections
+# below say which request they are about; ATTACKS lists those that must be reported.
 EXCHANGES=0
+ATTACKS=()
+BENIGN=()
 send() {
-  local label=$1 code
-  shift
-  code=$(curl -sS -o "$WORK/response" -w '%{http_code}' "$@") || die "curl failed: $label"
+  local kind=$1 name=$2 want=$3 code
+  shift 3
+  code=$(curl -sS -o "$WORK/response" -w '%{http_code}' -H "x-request-id: $name" "$@") ||
+    die "curl failed: $name"
   EXCHANGES=$((EXCHANGES + 1))
-  printf '%-48s -> %s %s\n' "$label" "$code" "$(head -c 200 "$WORK/response")"
-  [[ $code == 200 ]] || die "expected 200 for $label, got $code"
+  if [[ $kind == attack ]]; then ATTACKS+=("$name"); else BENIGN+=("$name"); fi
+  printf '%-7s %-22s -> %s %s\n' "$kind" "$name" "$code" "$(head -c 100 "$WORK/response" | tr -d '\n')"
+  [[ $code == "$want" ]] || die "expected $want for $name, got $code"
 }
-send "GET  /etc/passwd" "$BASE/etc/passwd"
-send "POST /api/login (JSON)" -H 'content-type: application/json' \
-  -d '{"user":"alice","password":"x"}' "$BASE/api/login"
-send "GET  /search?q=1%27%20OR%201=1" "$BASE/search?q=1%27%20OR%201=1"
+JSON=(-H 'content-type: application/json')
+# The seed's acceptance test.
+send attack seed-etc-passwd 200 "$BASE/etc/passwd"
+send attack sqli-query 200 "$BASE/api/products?id=1%27%20OR%20%271%27%3D%271"
+send attack xss-json-body 200 "${JSON[@]}" -d '{"comment":"<script>alert(document.cookie)</script>"}' \
+  "$BASE/api/comments"
+send attack cmd-injection-form 200 -d 'host=127.0.0.1%3Bcat%20/etc/passwd' "$BASE/api/ping"
+send attack db-error-leak 500 "$BASE/api/reports/7"
+send benign get-user 200 "$BASE/api/users/42?fields=name,email"
+send benign login 200 "${JSON[@]}" -d '{"user":"alice","password":"s3cret!"}' "$BASE/api/login"
+send benign put-user 200 -X PUT "${JSON[@]}" -d '{"name":"Conan O'"'"'Brien","city":"Zürich"}' "$BASE/api/users/42"
+send benign patch-user 200 -X PATCH "${JSON[@]}" -d '{"nickname":"Zoë"}' "$BASE/api/users/42"
+send benign delete-user 200 -X DELETE "$BASE/api/users/42"
 
 # --- what the node received --------------------------------------------------
 if [[ $PROTOCOL == ext_proc ]]; then
@@ -235,11 +252,19 @@ with open(sys.argv[1], encoding="utf-8") as f:
 EOF
 else
 EXPECTED=$((EXCHANGES * 2)) # one request and one response record per exchange
-records() { grep -c . "$WORK/sink.out" 2>/dev/null || true; }
+# sink.out holds records (with "kind") and detections (with "rules"), one per line.
+records() { grep -c '"kind":' "$WORK/sink.out" 2>/dev/null || true; }
 have_records() { (($(records) >= EXPECTED)); }
 wait_until "$RECORDS_TIMEOUT_S" "$EXPECTED records at the sink" have_records
+NODE="http://127.0.0.1:$NODE_PORT"
+analysed() {
+  curl -fsS "$NODE/metrics" 2>/dev/null |
+    sed -n 's/^oob_mirror_node_exchanges_analysed_total \([0-9]*\)$/\1/p'
+}
+all_analysed() { (($(analysed || echo 0) >= EXCHANGES)); }
+wait_until "$RECORDS_TIMEOUT_S" "$EXCHANGES exchanges analysed by the node" all_analysed
 
-section "What the analysis node received: $(records) records (expected $EXPECTED)"
+section "What the analysis node received: $(records) records (expected $EXPECTED); the seed test's two:"
 "$PYTHON" - "$WORK/sink.out" <<'EOF'
 import json, sys
 
@@ -258,24 +283,86 @@ def show(rec):
     out.append("}")
     return "\n".join(out)
 
-n = 0
 with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
     for line in f:
-        line = line.strip()
-        if not line:
-            continue
-        n += 1
         try:
             rec = json.loads(line)
         except ValueError:
-            print("--- record %d (not JSON) ---\n%s" % (n, line))
+            print("(not JSON) %s" % line.strip())
             continue
-        if not isinstance(rec, dict):
-            print("--- record %d ---\n%s" % (n, json.dumps(rec)))
-            continue
-        print("--- record %d: %s %s ---" % (n, rec.get("kind", "?"), rec.get("id", "")))
-        print(show(rec))
+        if isinstance(rec, dict) and rec.get("id") == "seed-etc-passwd" and "kind" in rec:
+            print("--- %s record %s ---" % (rec["kind"], rec["id"]))
+            print(show(rec))
 EOF
+
+section "Attacks detected by the node (OWASP CRS): one JSON line per exchange"
+grep '"rules":' "$WORK/sink.out" || true
+ATTACKS="${ATTACKS[*]}" BENIGN="${BENIGN[*]}" "$PYTHON" - "$WORK/sink.out" <<'EOF' || exit 1
+import json, os, sys
+
+found = {}
+with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
+    for line in f:
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(d, dict) and "rules" in d:
+            found[d["id"]] = d
+print()
+bad = 0
+for name in os.environ["ATTACKS"].split():
+    d = found.get(name)
+    if d is None:
+        print("MISSED  %-22s not reported" % name)
+        bad += 1
+    else:
+        print("REPORTED %-21s %s %s -> %s: %s" % (name, d["method"], d["path"], d["status"],
+              ", ".join("%d %s" % (r["id"], r["msg"]) for r in d["rules"])))
+for name in os.environ["BENIGN"].split():
+    if name in found:
+        print("FALSE POSITIVE %s: %s" % (name, [r["id"] for r in found[name]["rules"]]))
+        bad += 1
+    else:
+        print("clean    %s" % name)
+sys.exit(1 if bad else 0)
+EOF
+
+section "The node's Attacks page: $NODE/attacks (as text)"
+curl -fsS "$NODE/attacks" | "$PYTHON" -c '
+import html.parser, sys
+
+class Text(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.row, self.cell, self.skip = [], [], False
+    def handle_starttag(self, tag, attrs):
+        if tag in ("style", "title"):
+            self.skip = True
+        if tag == "li":
+            self.cell.append("\n      ")
+        elif tag == "br":
+            self.cell.append(": ")
+    def handle_endtag(self, tag):
+        if tag in ("style", "title"):
+            self.skip = False
+        elif tag in ("td", "th"):
+            self.row.append("".join(self.cell).strip())
+            self.cell = []
+        elif tag == "tr":
+            print("  " + " | ".join(self.row))
+            self.row = []
+        elif tag in ("h1", "p"):
+            print("".join(self.cell).strip())
+            self.cell = []
+    def handle_data(self, data):
+        if not self.skip:
+            self.cell.append(data)
+
+Text().feed(sys.stdin.read())
+'
+section "Node metrics: $NODE/metrics"
+curl -fsS "$NODE/metrics" | grep -v '^#'
 fi
 
 # --- metrics -----------------------------------------------------------------
@@ -325,5 +412,5 @@ fi
 if [[ $PROTOCOL == ext_proc ]]; then
   section "Done: $EXCHANGES exchanges mirrored as $(ended) ext_proc streams; stopping everything"
 else
-  section "Done: $EXCHANGES exchanges mirrored, $(records) records received; stopping everything"
+  section "Done: $EXCHANGES exchanges mirrored, $(records) records received, ${#ATTACKS[@]} attacks reported by the node; stopping everything"
 fi

@@ -4,6 +4,8 @@
 Answers every method with a small JSON body echoing the method, the path and
 the length of the request body it read, e.g.
     {"method": "POST", "path": "/api/login", "content_length": 31}
+except /api/reports/*, a buggy endpoint that answers 500 with the database
+error it hit (the response-side leak the analysis node should report).
 
 Usage: demo_upstream.py [--listen 127.0.0.1:8080]
 Prints "listening on ADDR" on stderr once it accepts connections.
@@ -13,6 +15,12 @@ import argparse
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DB_ERROR = (
+    "<html><body><h1>Report failed</h1><p>You have an error in your SQL syntax; check the"
+    " manual that corresponds to your MySQL server version for the right syntax to use near"
+    " ''' at line 1</p></body></html>"
+)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -39,6 +47,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self):
         body = self._read_body()
+        if self.path.startswith("/api/reports/"):
+            out = DB_ERROR.encode()
+            self.send_response(500)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
         out = json.dumps(
             {"method": self.command, "path": self.path, "content_length": len(body)}
         ).encode()

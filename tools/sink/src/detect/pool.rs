@@ -253,9 +253,12 @@ impl Detector {
         }
     }
 
-    /// The most recent detections, newest first.
+    /// The most recent detections, newest (by the exchange's time) first:
+    /// threads finish out of order.
     pub fn recent(&self) -> Vec<Detection> {
-        lock(&self.shared.recent).iter().rev().cloned().collect()
+        let mut recent: Vec<Detection> = lock(&self.shared.recent).iter().cloned().collect();
+        recent.sort_by(|a, b| b.ts_ns.cmp(&a.ts_ns));
+        recent
     }
 
     pub fn snapshot(&self) -> Snapshot {
