@@ -19,6 +19,7 @@ use oob_mirror_sink::detect::pool::{Detection, Detector, PoolConfig};
 use oob_mirror_sink::detect::{attach, RulesConfig};
 use oob_mirror_sink::{Node, NodeConfig};
 use support::client::{Client, Proto, Req, ReqBody, Resp};
+use support::envoy::Filter;
 use support::upstream::Upstream;
 use support::wait::poll_until;
 use support::{Envoy, EnvoyConfig, EVENTUALLY};
@@ -183,8 +184,14 @@ fn rule_ids(rules: &[oob_mirror_sink::detect::RuleMatch]) -> BTreeSet<u32> {
     rules.iter().map(|m| m.id).collect()
 }
 
-#[test]
-fn attacks_are_reported_benign_calls_are_not_and_match_crs_on_the_original_traffic() {
+/// What the node made of the cases sent through Envoy with `filter`.
+struct Run {
+    envoy: Envoy,
+    sent: Vec<Resp>,
+    detections: Vec<Detection>,
+}
+
+fn run(filter: Filter, node_http2: bool) -> Run {
     let upstream = Upstream::start();
     let detector = Arc::new(
         Detector::start(
@@ -200,15 +207,18 @@ fn attacks_are_reported_benign_calls_are_not_and_match_crs_on_the_original_traff
     let mut config = NodeConfig::default();
     attach(&mut config, &detector, None);
     let node = Node::start_with(config).unwrap();
-    let envoy = Envoy::start(&EnvoyConfig::new(upstream.port(), node.port()));
-    let client = Client::new();
-
-    let cases = cases();
-    let mut sent = Vec::new();
-    for case in &cases {
-        let resp = client.send(envoy.addr(), &case.req);
-        sent.push(resp);
+    let mut envoy_config = EnvoyConfig::new(upstream.port(), node.port());
+    envoy_config.filter = filter;
+    if node_http2 {
+        envoy_config = envoy_config.node_http2();
     }
+    let envoy = Envoy::start(&envoy_config);
+    let client = Client::new();
+    let cases = cases();
+    let sent: Vec<Resp> = cases
+        .iter()
+        .map(|case| client.send(envoy.addr(), &case.req))
+        .collect();
     let n = cases.len() as u64;
     let done = poll_until(EVENTUALLY, || {
         (detector.snapshot().exchanges_analysed >= n).then_some(())
@@ -216,23 +226,33 @@ fn attacks_are_reported_benign_calls_are_not_and_match_crs_on_the_original_traff
     let snapshot = detector.snapshot();
     assert!(
         done.is_some(),
-        "the node analysed {} of {n} exchanges\n{}",
+        "the node analysed {} of {n} exchanges: {snapshot:?}\n{}",
         snapshot.exchanges_analysed,
         envoy.log()
     );
-    assert_eq!(snapshot.exchanges_analysed, n);
-    assert_eq!((snapshot.paired, snapshot.unpaired_requests), (n, 0));
+    assert_eq!(snapshot.exchanges_analysed, n, "{snapshot:?}");
+    assert_eq!(snapshot.decode_errors, 0, "{snapshot:?}");
     assert!(node.errors().is_empty());
+    let detections = detector.recent();
+    drop(node);
+    Run {
+        envoy,
+        sent,
+        detections,
+    }
+}
 
-    let detections: Vec<Detection> = detector.recent();
-    let reported = |name: &str| detections.iter().find(|d| d.id == name);
+/// Each attack reported with its family, no benign call reported, and for
+/// every case the rule ids CRS gives on the original traffic.
+fn check(run: &Run) {
+    let reported = |name: &str| run.detections.iter().find(|d| d.id == name);
     let engine = RulesConfig::default().engine().unwrap();
     let mut table = String::new();
-    for (case, resp) in cases.iter().zip(&sent) {
+    for (case, resp) in cases().iter().zip(&run.sent) {
         let mirrored = reported(case.name)
             .map(|d| rule_ids(&d.rules))
             .unwrap_or_default();
-        let direct = rule_ids(&engine.analyse(&original(&envoy, &case.req, resp)));
+        let direct = rule_ids(&engine.analyse(&original(&run.envoy, &case.req, resp)));
         table.push_str(&format!(
             "{:<20} {} {:?}\n",
             case.name, resp.status, mirrored
@@ -261,9 +281,65 @@ fn attacks_are_reported_benign_calls_are_not_and_match_crs_on_the_original_traff
     assert_eq!(seed.method, "GET");
     assert_eq!(seed.path, "/etc/passwd");
     assert_eq!(seed.status, Some(200));
+    assert!(
+        seed.source
+            .as_deref()
+            .is_some_and(|s| s.starts_with("127.0.0.1:")),
+        "{seed:?}"
+    );
     assert!(seed
         .rules
         .iter()
         .any(|m| m.id == 100930 && m.msg == "OS File Access Attempt in the URL path"));
     assert_eq!(reported("db-error-leak").unwrap().status, Some(500));
+}
+
+#[test]
+fn batches_attacks_are_reported_benign_calls_are_not_and_match_crs_on_the_original_traffic() {
+    check(&run(
+        Filter::OobMirror(support::envoy::DEFAULT_PLUGIN_JSON.into()),
+        false,
+    ));
+}
+
+#[test]
+fn ext_proc_streams_from_the_filter_give_the_same_detections() {
+    let run = run(
+        Filter::OobMirror(r#"{"node":{"cluster":"oob_mirror_node","protocol":"ext_proc"}}"#.into()),
+        true,
+    );
+    check(&run);
+    // The node ends every stream itself, with status 0, once the response is over.
+    let n = cases().len() as i128;
+    let done = poll_until(EVENTUALLY, || {
+        let s = support::stats::read(&run.envoy);
+        (s.get("extproc_streams_active") == 0).then_some(s)
+    })
+    .expect("streams still active");
+    assert_eq!(done.get("extproc_streams_completed"), n);
+    assert_eq!(
+        done.get("extproc_streams_failed") + done.get("extproc_streams_cancelled"),
+        0
+    );
+    done.check_extproc_invariant().unwrap();
+}
+
+/// Envoy's own ext_proc filter, as Wallarm documents it for its Native Node:
+/// the node reads it as it reads oob-mirror.
+#[test]
+fn ext_proc_streams_from_envoys_own_client_give_the_same_detections() {
+    check(&run(
+        Filter::Http(serde_json::json!({
+            "name": "envoy.filters.http.ext_proc",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+                "grpc_service": { "envoy_grpc": { "cluster_name": "oob_mirror_node" } },
+                "observability_mode": true,
+                "failure_mode_allow": true,
+                "processing_mode": { "request_body_mode": "STREAMED", "response_body_mode": "STREAMED" },
+                "request_attributes": ["request.id", "request.time", "source.address"]
+            }
+        })),
+        true,
+    ));
 }

@@ -20,6 +20,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use http_body_util::channel::Channel;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
@@ -30,6 +32,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, Notify};
 
 use crate::decode::{decode_batch, DecodeError};
+use crate::detect::exchange::Exchange;
+use crate::detect::extproc::{ExtProcStream, PROCESS_PATH};
 use crate::record::Record;
 
 /// Largest batch body accepted; far above the filter's `batch.max_bytes`
@@ -94,6 +98,11 @@ pub type BatchHook = Arc<dyn Fn(&BatchInfo) + Send + Sync>;
 /// analysis behind it is full) and records nothing.
 pub type GateHook = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// Takes each ext_proc stream (`POST` on
+/// [`PROCESS_PATH`](crate::detect::extproc::PROCESS_PATH), gRPC) once it is
+/// over: its exchange, or why it could not be read.
+pub type ExtProcHook = Arc<dyn Fn(Result<Exchange, String>) + Send + Sync>;
+
 /// A page served on `GET` (`/attacks`, `/metrics`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -118,6 +127,9 @@ pub struct NodeConfig {
     pub on_batch: Option<BatchHook>,
     pub gate: Option<GateHook>,
     pub pages: Option<PageHook>,
+    /// Accept ext_proc streams too (an analysis node); without it they are
+    /// taken for batches and refused.
+    pub on_extproc: Option<ExtProcHook>,
 }
 
 impl Default for NodeConfig {
@@ -129,6 +141,7 @@ impl Default for NodeConfig {
             on_batch: None,
             gate: None,
             pages: None,
+            on_extproc: None,
         }
     }
 }
@@ -142,6 +155,7 @@ impl fmt::Debug for NodeConfig {
             .field("on_batch", &self.on_batch.is_some())
             .field("gate", &self.gate.is_some())
             .field("pages", &self.pages.is_some())
+            .field("on_extproc", &self.on_extproc.is_some())
             .finish()
     }
 }
@@ -186,6 +200,7 @@ struct Shared {
     on_batch: Option<BatchHook>,
     gate: Option<GateHook>,
     pages: Option<PageHook>,
+    on_extproc: Option<ExtProcHook>,
 }
 
 #[derive(Default)]
@@ -229,6 +244,7 @@ impl Node {
             on_batch: config.on_batch,
             gate: config.gate,
             pages: config.pages,
+            on_extproc: config.on_extproc,
         });
         let (addr, server) = Server::spawn(config.addr, Arc::clone(&shared))?;
         Ok(Node {
@@ -597,7 +613,7 @@ async fn connection(builder: auto::Builder<TokioExecutor>, stream: TcpStream, sh
         .await;
 }
 
-type Reply = Response<Full<Bytes>>;
+type Reply = Response<BoxBody<Bytes, Infallible>>;
 
 async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Reply, Infallible> {
     // Pages only on an analysis node; otherwise a GET is a 405 like any non-POST.
@@ -614,6 +630,10 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Reply, In
     }
     if req.method() != Method::POST {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "POST batches only\n"));
+    }
+    if let (PROCESS_PATH, Some(hook)) = (req.uri().path(), &shared.on_extproc) {
+        let admitted = shared.gate.as_ref().is_none_or(|admit| admit());
+        return Ok(extproc_stream(req, admitted, Arc::clone(hook)));
     }
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
@@ -673,8 +693,76 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Reply, In
     })
 }
 
+/// Largest body kept per direction of an ext_proc stream (the rest is read
+/// and dropped): Envoy's own client streams bodies whole.
+const EXTPROC_MAX_BODY: usize = 16 << 20;
+
+/// Answers an ext_proc stream: reads its messages as they come, ends the
+/// stream (gRPC status 0) once the response is over or the client
+/// half-closes, then hands the exchange over. In observability mode the
+/// client reads no answer, so none is sent. Refused (`UNAVAILABLE`) when the
+/// analysis is behind.
+fn extproc_stream(req: Request<Incoming>, admitted: bool, hook: ExtProcHook) -> Reply {
+    let grpc = |response: &mut Reply| {
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/grpc"),
+        );
+    };
+    if !admitted {
+        // A trailers-only answer: the status is in the headers.
+        let mut response = reply(StatusCode::OK, "");
+        grpc(&mut response);
+        let h = response.headers_mut();
+        h.insert("grpc-status", hyper::header::HeaderValue::from_static("14"));
+        h.insert(
+            "grpc-message",
+            hyper::header::HeaderValue::from_static("analysis is behind"),
+        );
+        return response;
+    }
+    let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
+    let mut incoming = req.into_body();
+    tokio::spawn(async move {
+        let mut stream = ExtProcStream::new(EXTPROC_MAX_BODY);
+        let mut error = None;
+        while let Some(frame) = incoming.frame().await {
+            // A reset ends the stream like a half-close: analyse what came.
+            let Ok(frame) = frame else { break };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            match stream.feed(&data) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut trailers = HeaderMap::new();
+        let status = if error.is_some() { "3" } else { "0" };
+        trailers.insert(
+            "grpc-status",
+            hyper::header::HeaderValue::from_static(status),
+        );
+        let _ = tx.send_trailers(trailers).await;
+        drop(tx);
+        hook(match error {
+            Some(e) => Err(e),
+            None => stream
+                .finish()
+                .ok_or_else(|| "ext_proc stream without request headers".to_owned()),
+        });
+    });
+    let mut response = Response::new(body.boxed());
+    grpc(&mut response);
+    response
+}
+
 fn reply(status: StatusCode, body: &str) -> Reply {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())).boxed());
     *response.status_mut() = status;
     response
 }

@@ -4,11 +4,13 @@
 //!
 //! - [`exchange`]: the analysed unit, pairing with bounded memory, bodies
 //!   decompressed with a bound.
+//! - [`extproc`]: ext_proc streams read into exchanges.
 //! - [`modsec`]: libmodsecurity through its C API.
 //! - [`pool`]: analysis threads, the bounded queue, counters, recent detections.
 //! - [`report`]: the JSON line, the `/attacks` page and `/metrics`.
 
 pub mod exchange;
+pub mod extproc;
 pub mod modsec;
 pub mod pool;
 pub mod report;
@@ -124,9 +126,10 @@ SecRuleRemoveById 920350
     }
 }
 
-/// Makes a node an analysis node: its batches feed `detector` (and
-/// `on_records`, e.g. printing, when given), `GET /attacks` and `/metrics`
-/// read it, and a full analysis queue answers batches 503.
+/// Makes a node an analysis node: its batches and ext_proc streams feed
+/// `detector` (batches also `on_records`, e.g. printing, when given),
+/// `GET /attacks` and `/metrics` read it, and a full analysis queue answers
+/// batches 503 and streams `UNAVAILABLE`.
 pub fn attach(config: &mut NodeConfig, detector: &Arc<Detector>, on_records: Option<BatchHook>) {
     let d = Arc::clone(detector);
     config.on_batch = Some(Arc::new(move |batch: &BatchInfo| {
@@ -138,6 +141,8 @@ pub fn attach(config: &mut NodeConfig, detector: &Arc<Detector>, on_records: Opt
         }
         d.submit_records(batch.records.clone());
     }));
+    let d = Arc::clone(detector);
+    config.on_extproc = Some(Arc::new(move |stream| d.submit_extproc(stream)));
     let d = Arc::clone(detector);
     config.gate = Some(Arc::new(move || d.admit()));
     let d = Arc::clone(detector);

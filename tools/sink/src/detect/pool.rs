@@ -63,6 +63,7 @@ pub type DetectionHook = Arc<dyn Fn(&Detection) + Send + Sync>;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub records_received: u64,
+    pub extproc_streams: u64,
     pub decode_errors: u64,
     pub batches_refused_busy: u64,
     pub exchanges_analysed: u64,
@@ -85,6 +86,7 @@ struct Job {
 #[derive(Default)]
 struct Counters {
     records_received: AtomicU64,
+    extproc_streams: AtomicU64,
     decode_errors: AtomicU64,
     batches_refused_busy: AtomicU64,
     exchanges_analysed: AtomicU64,
@@ -246,10 +248,19 @@ impl Detector {
         self.shared.enqueue(tx, ready);
     }
 
-    /// Takes a whole exchange (an ext_proc stream).
-    pub fn submit_exchange(&self, exchange: Exchange) {
-        if let Some(tx) = &self.tx {
-            self.shared.enqueue(tx, vec![(exchange, Pairing::Paired)]);
+    /// Takes one ext_proc stream: a whole exchange, or why it was unreadable.
+    pub fn submit_extproc(&self, stream: Result<Exchange, String>) {
+        let c = &self.shared.counters;
+        match stream {
+            Ok(exchange) => {
+                c.extproc_streams.fetch_add(1, Ordering::Relaxed);
+                if let Some(tx) = &self.tx {
+                    self.shared.enqueue(tx, vec![(exchange, Pairing::Paired)]);
+                }
+            }
+            Err(_) => {
+                c.decode_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -257,7 +268,7 @@ impl Detector {
     /// threads finish out of order.
     pub fn recent(&self) -> Vec<Detection> {
         let mut recent: Vec<Detection> = lock(&self.shared.recent).iter().cloned().collect();
-        recent.sort_by(|a, b| b.ts_ns.cmp(&a.ts_ns));
+        recent.sort_by_key(|d| std::cmp::Reverse(d.ts_ns));
         recent
     }
 
@@ -269,6 +280,7 @@ impl Detector {
         };
         Snapshot {
             records_received: c.records_received.load(Ordering::Relaxed),
+            extproc_streams: c.extproc_streams.load(Ordering::Relaxed),
             decode_errors: c.decode_errors.load(Ordering::Relaxed),
             batches_refused_busy: c.batches_refused_busy.load(Ordering::Relaxed),
             exchanges_analysed: c.exchanges_analysed.load(Ordering::Relaxed),

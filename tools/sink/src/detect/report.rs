@@ -137,15 +137,21 @@ pub fn metrics(s: &Snapshot) -> String {
         s.records_received.to_string(),
     );
     metric(
+        "extproc_streams_total",
+        "counter",
+        "ext_proc streams received whole.",
+        s.extproc_streams.to_string(),
+    );
+    metric(
         "decode_errors_total",
         "counter",
-        "Batches refused because they did not decode.",
+        "Batches and ext_proc streams refused because they did not decode.",
         s.decode_errors.to_string(),
     );
     metric(
         "batches_refused_busy_total",
         "counter",
-        "Batches answered 503 because analysis was behind.",
+        "Batches answered 503 (streams UNAVAILABLE) because analysis was behind.",
         s.batches_refused_busy.to_string(),
     );
     metric(

@@ -1,0 +1,448 @@
+//! ext_proc input: one `envoy.service.ext_proc.v3.ExternalProcessor/Process`
+//! stream (from oob-mirror in ext_proc mode, or Envoy's own ext_proc filter in
+//! observability mode) assembled into one [`Exchange`].
+//!
+//! The stream's request body is a sequence of gRPC frames, each one
+//! `ProcessingRequest`; only the fields an exchange needs are read, by a small
+//! protobuf reader (the node has no generated code).
+
+use super::exchange::{Exchange, Headers, ResponsePart};
+
+pub const PROCESS_PATH: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
+
+/// Largest gRPC message accepted (Envoy's own client sends a body chunk per
+/// message, far below this).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// An exchange being read from its stream.
+pub struct ExtProcStream {
+    buf: Vec<u8>,
+    exchange: Exchange,
+    seen_request: bool,
+    ended: bool,
+    /// Body bytes kept per direction; the rest is read and dropped.
+    max_body: usize,
+    pub messages: u64,
+}
+
+impl ExtProcStream {
+    pub fn new(max_body: usize) -> ExtProcStream {
+        ExtProcStream {
+            buf: Vec::new(),
+            exchange: Exchange::default(),
+            seen_request: false,
+            ended: false,
+            max_body,
+            messages: 0,
+        }
+    }
+
+    /// Takes the next bytes of the stream. `Ok(true)` once the response has
+    /// ended (the node may close the stream).
+    pub fn feed(&mut self, data: &[u8]) -> Result<bool, String> {
+        self.buf.extend_from_slice(data);
+        let mut at = 0;
+        while let Some(&[compressed, l0, l1, l2, l3]) = self.buf.get(at..at + 5) {
+            let len = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
+            if compressed != 0 {
+                return Err("compressed gRPC message (no grpc-encoding is negotiated)".into());
+            }
+            if len > MAX_MESSAGE {
+                return Err(format!("gRPC message of {len} bytes"));
+            }
+            let Some(msg) = self.buf.get(at + 5..at + 5 + len) else {
+                break;
+            };
+            let msg = msg.to_vec();
+            at += 5 + len;
+            self.messages += 1;
+            self.apply(&msg)?;
+        }
+        self.buf.drain(..at);
+        Ok(self.ended)
+    }
+
+    /// The exchange, once the stream is over; `None` when no request headers
+    /// came (nothing to analyse).
+    pub fn finish(self) -> Option<Exchange> {
+        self.seen_request.then_some(self.exchange)
+    }
+
+    fn apply(&mut self, msg: &[u8]) -> Result<(), String> {
+        let mut r = Reader::new(msg);
+        while let Some((field, value)) = r.field()? {
+            match (field, value) {
+                (2, Value::Bytes(b)) => {
+                    let (headers, _) = http_headers(b)?;
+                    self.request_headers(headers);
+                }
+                (3, Value::Bytes(b)) => {
+                    let (headers, eos) = http_headers(b)?;
+                    let resp = self
+                        .exchange
+                        .response
+                        .get_or_insert_with(ResponsePart::default);
+                    for (name, value) in &headers {
+                        if name.as_slice() == b":status" {
+                            resp.status = String::from_utf8_lossy(value).parse().unwrap_or(0);
+                        }
+                    }
+                    resp.headers = headers;
+                    self.ended |= eos;
+                }
+                (4, Value::Bytes(b)) => {
+                    let (chunk, _) = http_body(b)?;
+                    let max = self.max_body;
+                    append(&mut self.exchange.request_body, chunk, max);
+                }
+                (5, Value::Bytes(b)) => {
+                    let (chunk, eos) = http_body(b)?;
+                    let max = self.max_body;
+                    let resp = self
+                        .exchange
+                        .response
+                        .get_or_insert_with(ResponsePart::default);
+                    append(&mut resp.body, chunk, max);
+                    self.ended |= eos;
+                }
+                (7, Value::Bytes(_)) => self.ended = true,
+                (9, Value::Bytes(b)) => self.attributes(b)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn request_headers(&mut self, headers: Headers) {
+        self.seen_request = true;
+        let ex = &mut self.exchange;
+        for (name, value) in &headers {
+            let text = || String::from_utf8_lossy(value).into_owned();
+            match name.as_slice() {
+                b":method" => ex.method = text(),
+                b":path" => ex.path = text(),
+                b":authority" => ex.authority = Some(text()),
+                b"x-request-id" if ex.id.is_empty() => ex.id = text(),
+                _ => {}
+            }
+        }
+        ex.request_headers = headers;
+    }
+
+    /// `attributes`: map<string, Struct>; one entry per namespace.
+    fn attributes(&mut self, entry: &[u8]) -> Result<(), String> {
+        let mut r = Reader::new(entry);
+        while let Some((field, value)) = r.field()? {
+            if let (2, Value::Bytes(st)) = (field, value) {
+                // Struct { map<string, Value> fields = 1 }
+                let mut s = Reader::new(st);
+                while let Some((f, v)) = s.field()? {
+                    if let (1, Value::Bytes(kv)) = (f, v) {
+                        let (name, text) = string_entry(kv)?;
+                        let ex = &mut self.exchange;
+                        match (name.as_str(), text) {
+                            ("source.address", Some(t)) => ex.source = Some(t),
+                            ("destination.address", Some(t)) => ex.destination = Some(t),
+                            ("request.protocol", Some(t)) => ex.protocol = Some(t),
+                            ("request.id", Some(t)) => ex.id = t,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn append(body: &mut Vec<u8>, chunk: &[u8], max: usize) {
+    let room = max.saturating_sub(body.len());
+    body.extend_from_slice(chunk.get(..chunk.len().min(room)).unwrap_or_default());
+}
+
+/// HttpHeaders { HeaderMap headers = 1; bool end_of_stream = 3; }
+fn http_headers(b: &[u8]) -> Result<(Headers, bool), String> {
+    let mut headers = Vec::new();
+    let mut eos = false;
+    let mut r = Reader::new(b);
+    while let Some((field, value)) = r.field()? {
+        match (field, value) {
+            (1, Value::Bytes(map)) => {
+                // HeaderMap { repeated HeaderValue headers = 1; }
+                let mut m = Reader::new(map);
+                while let Some((f, v)) = m.field()? {
+                    if let (1, Value::Bytes(hv)) = (f, v) {
+                        headers.push(header_value(hv)?);
+                    }
+                }
+            }
+            (3, Value::Varint(v)) => eos = v != 0,
+            _ => {}
+        }
+    }
+    Ok((headers, eos))
+}
+
+/// HeaderValue { string key = 1; string value = 2; bytes raw_value = 3; }
+fn header_value(b: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let (mut key, mut value, mut raw) = (Vec::new(), None, None);
+    let mut r = Reader::new(b);
+    while let Some((field, v)) = r.field()? {
+        match (field, v) {
+            (1, Value::Bytes(k)) => key = k.to_vec(),
+            (2, Value::Bytes(v)) => value = Some(v.to_vec()),
+            (3, Value::Bytes(v)) => raw = Some(v.to_vec()),
+            _ => {}
+        }
+    }
+    Ok((key, raw.or(value).unwrap_or_default()))
+}
+
+/// HttpBody { bytes body = 1; bool end_of_stream = 2; }
+fn http_body(b: &[u8]) -> Result<(&[u8], bool), String> {
+    let (mut body, mut eos): (&[u8], bool) = (&[], false);
+    let mut r = Reader::new(b);
+    while let Some((field, v)) = r.field()? {
+        match (field, v) {
+            (1, Value::Bytes(data)) => body = data,
+            (2, Value::Varint(v)) => eos = v != 0,
+            _ => {}
+        }
+    }
+    Ok((body, eos))
+}
+
+/// A `map<string, google.protobuf.Value>` entry: the key, and the value when
+/// it is a string (`string_value = 3`).
+fn string_entry(b: &[u8]) -> Result<(String, Option<String>), String> {
+    let (mut key, mut text) = (String::new(), None);
+    let mut r = Reader::new(b);
+    while let Some((field, v)) = r.field()? {
+        match (field, v) {
+            (1, Value::Bytes(k)) => key = String::from_utf8_lossy(k).into_owned(),
+            (2, Value::Bytes(value)) => {
+                let mut vr = Reader::new(value);
+                while let Some((f, vv)) = vr.field()? {
+                    if let (3, Value::Bytes(s)) = (f, vv) {
+                        text = Some(String::from_utf8_lossy(s).into_owned());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((key, text))
+}
+
+enum Value<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf, pos: 0 }
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = *self.buf.get(self.pos).ok_or("truncated varint")?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint too long".into())
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).ok_or("length overflow")?;
+        let s = self.buf.get(self.pos..end).ok_or("truncated field")?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn field(&mut self) -> Result<Option<(u64, Value<'a>)>, String> {
+        if self.pos >= self.buf.len() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => {
+                self.take(8)?;
+                Value::Fixed
+            }
+            2 => {
+                let len = usize::try_from(self.varint()?).map_err(|_| "length overflow")?;
+                Value::Bytes(self.take(len)?)
+            }
+            5 => {
+                self.take(4)?;
+                Value::Fixed
+            }
+            t => return Err(format!("unsupported wire type {t}")),
+        };
+        Ok(Some((key >> 3, value)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn bytes_field(out: &mut Vec<u8>, field: u64, b: &[u8]) {
+        varint(out, field << 3 | 2);
+        varint(out, b.len() as u64);
+        out.extend_from_slice(b);
+    }
+
+    fn bool_field(out: &mut Vec<u8>, field: u64, v: bool) {
+        varint(out, field << 3);
+        varint(out, u64::from(v));
+    }
+
+    fn headers(pairs: &[(&str, &str)], eos: bool) -> Vec<u8> {
+        let mut map = Vec::new();
+        for (k, v) in pairs {
+            let mut hv = Vec::new();
+            bytes_field(&mut hv, 1, k.as_bytes());
+            bytes_field(&mut hv, 3, v.as_bytes());
+            bytes_field(&mut map, 1, &hv);
+        }
+        let mut out = Vec::new();
+        bytes_field(&mut out, 1, &map);
+        if eos {
+            bool_field(&mut out, 3, true);
+        }
+        out
+    }
+
+    fn body(data: &[u8], eos: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        bytes_field(&mut out, 1, data);
+        if eos {
+            bool_field(&mut out, 2, true);
+        }
+        out
+    }
+
+    fn attributes(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut st = Vec::new();
+        for (k, v) in pairs {
+            let mut value = Vec::new();
+            bytes_field(&mut value, 3, v.as_bytes());
+            let mut entry = Vec::new();
+            bytes_field(&mut entry, 1, k.as_bytes());
+            bytes_field(&mut entry, 2, &value);
+            bytes_field(&mut st, 1, &entry);
+        }
+        let mut entry = Vec::new();
+        bytes_field(&mut entry, 1, b"envoy.filters.http.ext_proc");
+        bytes_field(&mut entry, 2, &st);
+        entry
+    }
+
+    fn frame(msg: &[u8]) -> Vec<u8> {
+        let mut out = vec![0];
+        out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        out.extend_from_slice(msg);
+        out
+    }
+
+    fn message(field: u64, inner: &[u8], attrs: Option<&[u8]>) -> Vec<u8> {
+        let mut m = Vec::new();
+        bytes_field(&mut m, field, inner);
+        if let Some(a) = attrs {
+            bytes_field(&mut m, 9, a);
+        }
+        bool_field(&mut m, 10, true);
+        frame(&m)
+    }
+
+    #[test]
+    fn a_stream_becomes_one_exchange_whatever_the_byte_boundaries() {
+        let attrs = attributes(&[("source.address", "10.0.0.7:5555"), ("request.id", "rid-1")]);
+        let mut wire = Vec::new();
+        wire.extend(message(
+            2,
+            &headers(
+                &[
+                    (":authority", "api"),
+                    (":path", "/q?x=1"),
+                    (":method", "POST"),
+                    ("x-request-id", "hdr"),
+                ],
+                false,
+            ),
+            Some(&attrs),
+        ));
+        wire.extend(message(4, &body(b"{\"a\":", false), None));
+        wire.extend(message(4, &body(b"1}", true), None));
+        wire.extend(message(
+            3,
+            &headers(
+                &[(":status", "201"), ("content-type", "application/json")],
+                false,
+            ),
+            None,
+        ));
+        wire.extend(message(5, &body(b"ok", true), None));
+        for step in [1, 3, 7, wire.len()] {
+            let mut s = ExtProcStream::new(1 << 20);
+            let mut ended = false;
+            for (i, chunk) in wire.chunks(step).enumerate() {
+                assert!(!ended, "ended before the last chunk ({i})");
+                ended = s.feed(chunk).unwrap();
+            }
+            assert!(ended);
+            assert_eq!(s.messages, 5);
+            let ex = s.finish().unwrap();
+            assert_eq!(ex.id, "rid-1");
+            assert_eq!(ex.source.as_deref(), Some("10.0.0.7:5555"));
+            assert_eq!((ex.method.as_str(), ex.path.as_str()), ("POST", "/q?x=1"));
+            assert_eq!(ex.authority.as_deref(), Some("api"));
+            assert_eq!(ex.request_body, b"{\"a\":1}");
+            let resp = ex.response.unwrap();
+            assert_eq!(resp.status, 201);
+            assert_eq!(resp.body, b"ok");
+            assert_eq!(resp.headers.len(), 2);
+        }
+    }
+
+    #[test]
+    fn bodies_are_bounded_and_garbage_is_an_error() {
+        let mut s = ExtProcStream::new(4);
+        s.feed(&message(2, &headers(&[(":method", "GET")], false), None))
+            .unwrap();
+        s.feed(&message(4, &body(b"abcdef", false), None)).unwrap();
+        s.feed(&message(4, &body(b"gh", true), None)).unwrap();
+        // Headers-only response ends the exchange.
+        assert!(s
+            .feed(&message(3, &headers(&[(":status", "204")], true), None))
+            .unwrap());
+        let ex = s.finish().unwrap();
+        assert_eq!(ex.request_body, b"abcd");
+        assert_eq!(ex.id, "");
+        let mut s = ExtProcStream::new(4);
+        assert!(s.feed(&frame(&[0x0a, 0x05, 0x01])).is_err());
+        assert!(ExtProcStream::new(4).feed(&[1, 0, 0, 0, 1, 0]).is_err());
+        assert!(ExtProcStream::new(4).finish().is_none());
+    }
+}
