@@ -216,9 +216,9 @@ validate-istio: istio-tools
 BENCH_SECONDS     ?= 10
 BENCH_WARMUP      ?= 3
 BENCH_CONNECTIONS ?= 16
-.PHONY: bench bench-memory bench-slow-node bench-setup
+.PHONY: bench bench-memory bench-slow-node bench-node bench-setup
 
-bench-setup: setup wasm
+bench-setup: setup wasm sink
 	bash tools/bench/setup.sh
 
 bench: bench-setup
@@ -228,6 +228,10 @@ bench: bench-setup
 # Only the idle-memory table; the throughput tables are kept from results.json.
 bench-memory: bench-setup
 	'$(PYTHON)' tools/bench/bench.py --only memory
+
+# The analysis node alone (oob-mirror-sink --detect): exchanges analysed per second and per core.
+bench-node: bench-setup
+	'$(PYTHON)' tools/bench/bench.py --only node --seconds '$(BENCH_SECONDS)'
 
 bench-slow-node: bench-setup
 	'$(PYTHON)' tools/bench/bench.py --only slow-node --seconds '$(BENCH_SECONDS)' \

@@ -12,10 +12,15 @@ each with the node up and down (port closed), for GET, 1 KiB and 64 KiB POSTs.
 The HTTP node of (b)-(d) is a second Envoy answering 200 (node-envoy.yaml); the
 node of (e) and (f) is tools/extproc-sink.
 
+The node part measures the analysis node itself (`oob-mirror-sink --detect`,
+OWASP CRS): exchanges analysed per second, and per core of CPU it used, for
+four traffic mixes posted by `node-bench` as the filter posts batches.
+
 Environment: ENVOY_BIN (default .venv/bin/envoy; `make bench` passes its own),
 OOB_MIRROR_WASM (default dist/oob_mirror.wasm), EXTPROC_SINK, NGINX_BIN.
-Writes bench/results.json and renders bench/results.md from it. `--only memory`
-or `--only throughput` re-runs one part and keeps the other from results.json.
+Writes bench/results.json and renders bench/results.md from it. `--only memory`,
+`--only throughput`, `--only node`... re-runs one part and keeps the others from
+results.json.
 Python 3 standard library only. Every process started is stopped and reaped,
 on failure and on Ctrl-C too; a process that fails prints its log.
 """
@@ -639,6 +644,70 @@ def slow_node(args, ctx):
     return runs
 
 
+NODE_MIXES = [
+    ("get", "benign GET, 200 B JSON answer"),
+    ("json-1k", "JSON POST 1 KiB, 1 KiB JSON answer"),
+    ("attacks", "attacks (OS file, SQLi, XSS, command injection) in turn"),
+    ("download-64k", "GET, 64 KiB JSON answer"),
+]
+
+
+def node_metrics(port):
+    status, body = http_get(port, "/metrics")
+    if status != 200:
+        raise BenchError(f"node /metrics answered {status}")
+    values = {}
+    for line in body.decode().splitlines():
+        m = re.match(r"oob_mirror_node_(\w+) ([0-9.]+)$", line)
+        if m:
+            values[m.group(1)] = float(m.group(2))
+    return values
+
+
+def node(args):
+    """The analysis node alone: one node per mix, analysis threads = cores, loaded by
+    node-bench (4 connections) for the measured seconds; the rate counts until the
+    node's queue is drained, the per-core figure divides by the CPU time it used."""
+    rows = []
+    threads = os.cpu_count() or 1
+    for mix, label in NODE_MIXES:
+        port = free_port()
+        sink = Proc(f"node-{mix}", [SINK, "--detect", "--listen", f"127.0.0.1:{port}",
+                                    "--threads", threads], stdout=subprocess.DEVNULL, cpus=None)
+        wait_until("node listening", lambda: "listening on" in sink.log_path.read_text(),
+                   READY_TIMEOUT_S, sink)
+        ticks0, t0 = cpu_ticks(sink.pid), time.monotonic()
+        load = subprocess.run([NODE_BENCH, "--node", f"127.0.0.1:{port}", "--mix", mix,
+                               "--seconds", str(args.seconds), "--connections", "4"],
+                              capture_output=True, text=True)
+        if load.returncode != 0:
+            sink.fail(f"node-bench failed: {load.stderr.strip()}")
+        sent = json.loads(load.stdout.strip().splitlines()[-1])
+        drained = wait_until(
+            "analysis drained",
+            lambda: (lambda m: m if m["exchanges_analysed_total"] >= sent["exchanges"] else None)(
+                node_metrics(port)),
+            120, sink)
+        wall = time.monotonic() - t0
+        cpu_s = (cpu_ticks(sink.pid) - ticks0) / CLOCK_TICKS
+        sink.stop()
+        analysed = drained["exchanges_analysed_total"]
+        row = {"mix": mix, "mix_name": label, "threads": threads, "seconds": wall,
+               "analysed": analysed, "attacks": drained["exchanges_with_attacks_total"],
+               "refused_503": sent["refused_503"], "cpu_s": cpu_s,
+               "per_s": analysed / wall, "per_core_s": analysed / cpu_s if cpu_s else 0,
+               "cpu_us": cpu_s * 1e6 / analysed if analysed else 0}
+        want_attacks = analysed if mix == "attacks" else 0
+        row["sane"] = analysed == sent["exchanges"] and row["attacks"] == want_attacks
+        rows.append(row)
+        print(f"node: {label:<58} {row['per_s']:7.0f} exchanges/s  "
+              f"{row['per_core_s']:6.0f} per core-second  {row['cpu_us']:7.0f} CPU µs each  "
+              f"({analysed:.0f} analysed, {row['attacks']:.0f} attacks, "
+              f"{row['refused_503']} batches answered 503)"
+              + ("" if row["sane"] else "  — CHECK: counts do not add up"), flush=True)
+    return rows
+
+
 def memory(ctx):
     rows = []
     for concurrency in (1, 2):
@@ -781,6 +850,24 @@ def render_markdown(results):
                        f"{r['cpu_us_per_req']:.1f} | {r['non2xx'] + r['socket_errors']} | "
                        f"{r['sanity']} |")
         out.append("")
+    nd = results.get("node")
+    if nd:
+        out += ["## Analysis node (OWASP CRS)", "", when(nd), "",
+                "`oob-mirror-sink --detect` alone, OWASP CRS 3.3 at paranoia 1 through "
+                "libmodsecurity 3, analysis threads = cores, loaded by `tools/sink` "
+                "`node-bench` (4 keep-alive connections posting batches of 32 exchanges, "
+                "request and response records, as the filter does) for the measured seconds. "
+                "exchanges/s: analysed, until the queue drained; per core: analysed per "
+                "second of the node's CPU time (utime+stime); 503: batches refused while "
+                "analysis was behind (the filter backs off and counts them).", "",
+                "| traffic | exchanges/s | per core | CPU µs per exchange | analysed | "
+                "with attacks | 503 |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in nd["rows"]:
+            out.append(f"| {r['mix_name']} | {r['per_s']:.0f} | {r['per_core_s']:.0f} | "
+                       f"{r['cpu_us']:.0f} | {r['analysed']:.0f} | {r['attacks']:.0f} | "
+                       f"{r['refused_503']} |" + ("" if r["sane"] else " CHECK"))
+        out.append("")
     mem = results.get("memory")
     if mem:
         out += ["## Idle memory", "", when(mem), "",
@@ -823,7 +910,7 @@ def parse_args():
     p.add_argument("--cases", default="abcdef", help="subset of abcdef")
     p.add_argument("--payloads", default="get,1k,64k", help="subset of get,1k,64k")
     p.add_argument("--node", default="up,down", help="subset of up,down")
-    p.add_argument("--only", choices=["throughput", "slow-node", "memory"],
+    p.add_argument("--only", choices=["throughput", "slow-node", "memory", "node"],
                    help="run one part; the others are kept from bench/results.json")
     p.add_argument("--out", default=str(OUT_DIR), help="where results.{md,json} go")
     args = p.parse_args()
@@ -836,7 +923,7 @@ def parse_args():
 
 
 def main():
-    global ENVOY_BIN, WASM, NGINX, EXTPROC_SINK
+    global ENVOY_BIN, WASM, NGINX, EXTPROC_SINK, SINK, NODE_BENCH
     args = parse_args()
     ENVOY_BIN = find_tool("Envoy", "ENVOY_BIN", ROOT / ".envoy" / "1.40.0" / "bin" / "envoy")
     WASM = Path(os.environ.get("OOB_MIRROR_WASM") or ROOT / "dist" / "oob_mirror.wasm")
@@ -846,6 +933,8 @@ def main():
     find_tool("wrk", "WRK_BIN", "wrk")
     EXTPROC_SINK = find_tool("extproc-sink", "EXTPROC_SINK",
                              ROOT / "tools/extproc-sink/target/release/extproc-sink")
+    SINK = find_tool("oob-mirror-sink", "SINK_BIN", ROOT / "target/release/oob-mirror-sink")
+    NODE_BENCH = find_tool("node-bench", "NODE_BENCH", ROOT / "target/release/node-bench")
 
     out_dir = Path(args.out)
     json_path = out_dir / "results.json"
@@ -870,6 +959,8 @@ def main():
         results["slow_node"] = {"run": now(), "runs": slow_node(args, ctx)}
     if args.only in (None, "memory"):
         results["memory"] = {"run": now(), "rows": memory(ctx)}
+    if args.only in (None, "node"):
+        results["node"] = {"run": now(), "rows": node(args)}
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=1) + "\n")
     (out_dir / "results.md").write_text(render_markdown(results))
@@ -878,6 +969,8 @@ def main():
              if args.only in (None, part.replace("_", "-"))]
     problems = [r for part in fresh for r in results.get(part, {}).get("runs", [])
                 if r.get("problem")]
+    if args.only in (None, "node"):
+        problems += [r for r in results["node"]["rows"] if not r["sane"]]
     if problems:
         print(f"bench: {len(problems)} run(s) with a problem, see CHECK lines", file=sys.stderr)
         return 1
