@@ -150,9 +150,9 @@ test: setup wasm wasm-trap extproc-sink
 soak: setup wasm
 	OOB_MIRROR_SOAK_SECS='$(SOAK_SECS)' $(CARGO) test --test e2e_soak -- --nocapture
 
-# make demo PROTOCOL=ext_proc: the same traffic as ext_proc streams to a recording ext_proc server.
+# make demo PROTOCOL=ext_proc: the same traffic as ext_proc streams, which the same node analyses.
 PROTOCOL ?= batch
-demo: setup wasm sink $(if $(filter ext_proc,$(PROTOCOL)),extproc-sink)
+demo: setup wasm sink
 	ENVOY_BIN='$(ENVOY_BIN)' OOB_MIRROR_WASM='$(OOB_MIRROR_WASM)' PROTOCOL='$(PROTOCOL)' \
 	  bash tools/demo.sh
 

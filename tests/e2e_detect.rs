@@ -281,6 +281,15 @@ fn check(run: &Run) {
     assert_eq!(seed.method, "GET");
     assert_eq!(seed.path, "/etc/passwd");
     assert_eq!(seed.status, Some(200));
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(
+        now_ns.abs_diff(seed.ts_ns) < 120_000_000_000,
+        "ts {} vs now {now_ns}",
+        seed.ts_ns
+    );
     assert!(
         seed.source
             .as_deref()

@@ -5,19 +5,18 @@
 # command injection, a database error leaking in a response, and benign calls.
 #
 #   make demo            (builds everything first; or run this script directly)
-#   make demo PROTOCOL=ext_proc   the same traffic as Envoy ext_proc streams, to a recording
-#                                 ext_proc server (tools/extproc-sink --record)
+#   make demo PROTOCOL=ext_proc   the same traffic as Envoy ext_proc streams, which the
+#                                 same node reads
 #
 # Environment (all optional):
 #   ENVOY_BIN        Envoy binary            (`make demo` passes it; see `make setup`)
 #   OOB_MIRROR_WASM  the filter module       (default: dist/oob_mirror.wasm, see `make wasm`)
 #   SINK_BIN         the analysis node       (default: target/release/oob-mirror-sink, `make sink`)
 #   PROTOCOL         batch (default) or ext_proc
-#   EXTPROC_SINK     the ext_proc node       (default: tools/extproc-sink/target/release/extproc-sink)
 #   PYTHON           python3 interpreter     (default: python3)
 #
 # Every process it starts is stopped on exit, whatever happens. Exit status 0
-# when the analysis node received every expected record and (batch) reported
+# when the analysis node received every expected exchange and reported
 # every attack and no benign call; otherwise non-zero, with Envoy's log printed.
 set -euo pipefail
 
@@ -29,7 +28,6 @@ OOB_MIRROR_WASM=${OOB_MIRROR_WASM:-$ROOT/dist/oob_mirror.wasm}
 SINK_BIN=${SINK_BIN:-$ROOT/target/release/oob-mirror-sink}
 PYTHON=${PYTHON:-python3}
 PROTOCOL=${PROTOCOL:-batch}
-EXTPROC_SINK=${EXTPROC_SINK:-$ROOT/tools/extproc-sink/target/release/extproc-sink}
 
 STARTUP_TIMEOUT_S=30  # Envoy compiles the module at start-up
 RECORDS_TIMEOUT_S=15
@@ -120,10 +118,7 @@ command -v "$PYTHON" >/dev/null || die "$PYTHON is required"
 [[ -x "$ENVOY_BIN" ]] || die "no Envoy at $ENVOY_BIN (run: make setup)"
 [[ -f "$OOB_MIRROR_WASM" ]] || die "no filter module at $OOB_MIRROR_WASM (run: make wasm)"
 case "$PROTOCOL" in
-  batch) [[ -x "$SINK_BIN" ]] || die "no sink at $SINK_BIN (run: make sink)" ;;
-  ext_proc)
-    [[ -x "$EXTPROC_SINK" ]] || die "no ext_proc server at $EXTPROC_SINK (run: make extproc-sink)"
-    SINK_BIN=$EXTPROC_SINK ;;
+  batch | ext_proc) [[ -x "$SINK_BIN" ]] || die "no sink at $SINK_BIN (run: make sink)" ;;
   *) die "PROTOCOL is batch or ext_proc, not '$PROTOCOL'" ;;
 esac
 case "$OOB_MIRROR_WASM" in /*) ;; *) OOB_MIRROR_WASM=$ROOT/$OOB_MIRROR_WASM ;; esac
@@ -175,7 +170,8 @@ ADMIN="http://127.0.0.1:$ADMIN_PORT"
 section "Starting the demo upstream, the analysis node (sink) and Envoy"
 start "demo upstream" upstream "$PYTHON" tools/demo_upstream.py --listen "127.0.0.1:$UPSTREAM_PORT"
 if [[ $PROTOCOL == ext_proc ]]; then
-  start "ext_proc server" sink "$SINK_BIN" --listen "127.0.0.1:$NODE_PORT" --record
+  # The same node reads ext_proc streams (one per exchange) on the same port.
+  start "sink" sink "$SINK_BIN" --listen "127.0.0.1:$NODE_PORT" --detect
 else
   start "sink" sink "$SINK_BIN" --listen "127.0.0.1:$NODE_PORT" --detect --print-records
 fi
@@ -219,51 +215,17 @@ send benign patch-user 200 -X PATCH "${JSON[@]}" -d '{"nickname":"Zoë"}' "$BASE
 send benign delete-user 200 -X DELETE "$BASE/api/users/42"
 
 # --- what the node received --------------------------------------------------
-if [[ $PROTOCOL == ext_proc ]]; then
-  # One ext_proc stream per exchange; the server prints a line when each one ends.
-  ended() { grep -c '"end":' "$WORK/sink.out" 2>/dev/null || true; }
-  all_ended() { (($(ended) >= EXCHANGES)); }
-  wait_until "$RECORDS_TIMEOUT_S" "$EXCHANGES ext_proc streams at the server" all_ended
-  section "What the ext_proc server received: $(ended) streams (expected $EXCHANGES)"
-  "$PYTHON" - "$WORK/sink.out" <<'EOF'
-import json, sys
-
-def text(hexed):
-    return bytes.fromhex(hexed).decode("utf-8", "replace")
-
-with open(sys.argv[1], encoding="utf-8") as f:
-    for line in f:
-        v = json.loads(line)
-        if "stream" not in v:
-            continue
-        if "end" in v:
-            print("stream %d ended (%s)" % (v["stream"], v["end"]))
-            continue
-        m = v["msg"]
-        print("stream %d: %s%s" % (v["stream"], m["kind"],
-                                   " end_of_stream" if m.get("end_of_stream") else ""))
-        for h in m.get("headers") or []:
-            print("    %s: %s" % (h["key"], text(h["raw_value"])))
-        if m.get("body"):
-            print("    body: %s" % text(m["body"])[:200])
-        for ns, fields in m.get("attributes", {}).items():
-            for name, value in sorted(fields.items()):
-                print("    attribute %s/%s = %s" % (ns, name, list(value.values())[0]))
-EOF
-else
+NODE="http://127.0.0.1:$NODE_PORT"
+node_metric() {
+  curl -fsS "$NODE/metrics" 2>/dev/null | sed -n "s/^oob_mirror_node_$1 \([0-9]*\)\$/\1/p"
+}
+all_analysed() { (($(node_metric exchanges_analysed_total || echo 0) >= EXCHANGES)); }
+if [[ $PROTOCOL == batch ]]; then
 EXPECTED=$((EXCHANGES * 2)) # one request and one response record per exchange
 # sink.out holds records (with "kind") and detections (with "rules"), one per line.
 records() { grep -c '"kind":' "$WORK/sink.out" 2>/dev/null || true; }
 have_records() { (($(records) >= EXPECTED)); }
 wait_until "$RECORDS_TIMEOUT_S" "$EXPECTED records at the sink" have_records
-NODE="http://127.0.0.1:$NODE_PORT"
-analysed() {
-  curl -fsS "$NODE/metrics" 2>/dev/null |
-    sed -n 's/^oob_mirror_node_exchanges_analysed_total \([0-9]*\)$/\1/p'
-}
-all_analysed() { (($(analysed || echo 0) >= EXCHANGES)); }
-wait_until "$RECORDS_TIMEOUT_S" "$EXCHANGES exchanges analysed by the node" all_analysed
-
 section "What the analysis node received: $(records) records (expected $EXPECTED); the seed test's two:"
 "$PYTHON" - "$WORK/sink.out" <<'EOF'
 import json, sys
@@ -294,6 +256,8 @@ with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
             print("--- %s record %s ---" % (rec["kind"], rec["id"]))
             print(show(rec))
 EOF
+fi
+wait_until "$RECORDS_TIMEOUT_S" "$EXCHANGES exchanges analysed by the node" all_analysed
 
 section "Attacks detected by the node (OWASP CRS): one JSON line per exchange"
 grep '"rules":' "$WORK/sink.out" || true
@@ -363,7 +327,6 @@ Text().feed(sys.stdin.read())
 '
 section "Node metrics: $NODE/metrics"
 curl -fsS "$NODE/metrics" | grep -v '^#'
-fi
 
 # --- metrics -----------------------------------------------------------------
 # Let the last batch's acknowledgement land so the gauges settle (bounded).
@@ -410,7 +373,7 @@ EOF
 fi
 
 if [[ $PROTOCOL == ext_proc ]]; then
-  section "Done: $EXCHANGES exchanges mirrored as $(ended) ext_proc streams; stopping everything"
+  section "Done: $EXCHANGES exchanges mirrored as $(node_metric extproc_streams_total) ext_proc streams, ${#ATTACKS[@]} attacks reported by the node; stopping everything"
 else
   section "Done: $EXCHANGES exchanges mirrored, $(records) records received, ${#ATTACKS[@]} attacks reported by the node; stopping everything"
 fi

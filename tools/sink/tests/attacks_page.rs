@@ -3,6 +3,9 @@
 //! then lists the attacks, newest first; a screenshot is written to
 //! `target/attacks-page.png` (the one in docs/ comes from this test).
 
+// Helpers outside `#[test]` functions: a failure should fail the test.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 mod common;
 
 use std::path::PathBuf;

@@ -402,3 +402,71 @@ fn pages_show_the_detections_and_the_counters() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// An ext_proc stream that arrives while analysis is behind is refused with
+/// gRPC status UNAVAILABLE (in the headers: a trailers-only answer), unread.
+#[test]
+fn analysis_falling_behind_refuses_ext_proc_streams_unavailable() {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let hook: DetectionHook = Arc::new(move |_: &Detection| {
+        let _ = release_rx.lock().unwrap().recv_timeout(WAIT);
+    });
+    let rig = Rig::start(
+        PoolConfig {
+            threads: 1,
+            queue: 1,
+            ..PoolConfig::default()
+        },
+        Some(hook),
+    );
+    let mut batch = Vec::new();
+    exchange(&mut batch, "a0", "GET", "/etc/passwd", &[], b"");
+    exchange(&mut batch, "a1", "GET", "/etc/passwd", &[], b"");
+    assert_eq!(rig.post(4, batch), StatusCode::NO_CONTENT);
+
+    let addr = rig.node.addr();
+    let (status, grpc_status, message) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let req = hyper::Request::post(format!(
+                "http://{addr}{}",
+                oob_mirror_sink::detect::extproc::PROCESS_PATH
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+            .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status();
+            let header = |n: &str| {
+                resp.headers()
+                    .get(n)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            };
+            let (grpc, msg) = (header("grpc-status"), header("grpc-message"));
+            let _ = resp.into_body().collect().await;
+            (status, grpc, msg)
+        });
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(grpc_status.as_deref(), Some("14"));
+    assert_eq!(message.as_deref(), Some("analysis is behind"));
+    let s = rig.detector.snapshot();
+    assert_eq!((s.batches_refused_busy, s.extproc_streams), (1, 0));
+    for _ in 0..2 {
+        release_tx.send(()).unwrap();
+    }
+    rig.wait_analysed(2);
+}

@@ -116,6 +116,12 @@ impl ExtProcStream {
     fn request_headers(&mut self, headers: Headers) {
         self.seen_request = true;
         let ex = &mut self.exchange;
+        // Until a `request.time` attribute says better: when it arrived here.
+        if ex.ts_ns == 0 {
+            ex.ts_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        }
         for (name, value) in &headers {
             let text = || String::from_utf8_lossy(value).into_owned();
             match name.as_slice() {
@@ -145,6 +151,11 @@ impl ExtProcStream {
                             ("destination.address", Some(t)) => ex.destination = Some(t),
                             ("request.protocol", Some(t)) => ex.protocol = Some(t),
                             ("request.id", Some(t)) => ex.id = t,
+                            ("request.time", Some(t)) => {
+                                if let Some(ns) = parse_rfc3339_utc(&t) {
+                                    ex.ts_ns = ns;
+                                }
+                            }
                             _ => {}
                         }
                     }
@@ -153,6 +164,39 @@ impl ExtProcStream {
         }
         Ok(())
     }
+}
+
+/// `2026-12-01T20:52:11.214Z` (as Envoy prints `request.time`) → Unix ns.
+/// Only UTC (`Z`) is read; anything else is `None`.
+pub fn parse_rfc3339_utc(t: &str) -> Option<u64> {
+    let t = t.strip_suffix('Z')?;
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut h = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
+    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<u64>().ok()? * 10u64.pow(9 - digits.len() as u32)
+    };
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000_000) + nanos)
 }
 
 fn append(body: &mut Vec<u8>, chunk: &[u8], max: usize) {
@@ -378,7 +422,11 @@ mod tests {
 
     #[test]
     fn a_stream_becomes_one_exchange_whatever_the_byte_boundaries() {
-        let attrs = attributes(&[("source.address", "10.0.0.7:5555"), ("request.id", "rid-1")]);
+        let attrs = attributes(&[
+            ("source.address", "10.0.0.7:5555"),
+            ("request.id", "rid-1"),
+            ("request.time", "2026-12-01T20:52:11.214Z"),
+        ]);
         let mut wire = Vec::new();
         wire.extend(message(
             2,
@@ -415,6 +463,7 @@ mod tests {
             assert_eq!(s.messages, 5);
             let ex = s.finish().unwrap();
             assert_eq!(ex.id, "rid-1");
+            assert_eq!(ex.ts_ns, 1_796_158_331_214_000_000);
             assert_eq!(ex.source.as_deref(), Some("10.0.0.7:5555"));
             assert_eq!((ex.method.as_str(), ex.path.as_str()), ("POST", "/q?x=1"));
             assert_eq!(ex.authority.as_deref(), Some("api"));
@@ -424,6 +473,22 @@ mod tests {
             assert_eq!(resp.body, b"ok");
             assert_eq!(resp.headers.len(), 2);
         }
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_utc("2000-02-29T00:00:01.5Z"),
+            Some(951_782_401_500_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339_utc("2026-12-01T20:52:11.123456789Z"),
+            Some(1_796_158_331_123_456_789)
+        );
+        assert_eq!(parse_rfc3339_utc("2026-12-01T20:52:11+01:00"), None);
+        assert_eq!(parse_rfc3339_utc("2026-13-01T20:52:11Z"), None);
+        assert_eq!(parse_rfc3339_utc("garbage"), None);
     }
 
     #[test]
