@@ -19,7 +19,7 @@ use oob_mirror_sink::detect::pool::{Detection, Detector, PoolConfig};
 use oob_mirror_sink::detect::{attach, RulesConfig};
 use oob_mirror_sink::{Node, NodeConfig};
 use support::client::{Client, Proto, Req, ReqBody, Resp};
-use support::envoy::Filter;
+use support::envoy::{envoy_ext_proc, Filter};
 use support::upstream::Upstream;
 use support::wait::poll_until;
 use support::{Envoy, EnvoyConfig, EVENTUALLY};
@@ -337,18 +337,5 @@ fn ext_proc_streams_from_the_filter_give_the_same_detections() {
 /// the node reads it as it reads oob-mirror.
 #[test]
 fn ext_proc_streams_from_envoys_own_client_give_the_same_detections() {
-    check(&run(
-        Filter::Http(serde_json::json!({
-            "name": "envoy.filters.http.ext_proc",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-                "grpc_service": { "envoy_grpc": { "cluster_name": "oob_mirror_node" } },
-                "observability_mode": true,
-                "failure_mode_allow": true,
-                "processing_mode": { "request_body_mode": "STREAMED", "response_body_mode": "STREAMED" },
-                "request_attributes": ["request.id", "request.time", "source.address"]
-            }
-        })),
-        true,
-    ));
+    check(&run(envoy_ext_proc(), true));
 }

@@ -13,27 +13,9 @@ mod support;
 
 use serde_json::{json, Value};
 use support::client::{Proto, Req};
-use support::envoy::{EnvoyConfig, Filter};
+use support::envoy::{envoy_ext_proc, EnvoyConfig, Filter};
 use support::extproc::Recorder;
 use support::{stats, Envoy, Upstream, EVENTUALLY};
-
-/// Envoy's own ext_proc filter as Wallarm documents it for its Native Node.
-fn envoy_ext_proc() -> Filter {
-    Filter::Http(json!({
-        "name": "envoy.filters.http.ext_proc",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": { "envoy_grpc": { "cluster_name": "oob_mirror_node" } },
-            "observability_mode": true,
-            "failure_mode_allow": true,
-            "processing_mode": {
-                "request_body_mode": "STREAMED",
-                "response_body_mode": "STREAMED"
-            },
-            "request_attributes": ["request.id", "request.time", "source.address"]
-        }
-    }))
-}
 
 /// oob-mirror in ext_proc mode, body caps above the largest body below.
 const EQUIVALENCE_PLUGIN: &str = r#"{"node":{"cluster":"oob_mirror_node","protocol":"ext_proc"},

@@ -30,6 +30,25 @@ pub enum Filter {
     Http(Value),
 }
 
+/// Envoy's own ext_proc filter as Wallarm documents it for its Native Node: observability
+/// mode, both bodies streamed, to the node cluster (a reference for ext_proc mode).
+pub fn envoy_ext_proc() -> Filter {
+    Filter::Http(serde_json::json!({
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": { "envoy_grpc": { "cluster_name": "oob_mirror_node" } },
+            "observability_mode": true,
+            "failure_mode_allow": true,
+            "processing_mode": {
+                "request_body_mode": "STREAMED",
+                "response_body_mode": "STREAMED"
+            },
+            "request_attributes": ["request.id", "request.time", "source.address"]
+        }
+    }))
+}
+
 /// Per-test Envoy options.
 #[derive(Debug, Clone)]
 pub struct EnvoyConfig {

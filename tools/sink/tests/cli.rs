@@ -1,9 +1,14 @@
 //! The `oob-mirror-sink` binary as `make demo` runs it.
 
+// Helpers outside `#[test]` functions: a failure should fail the test.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 mod common;
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -28,23 +33,30 @@ fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
-#[test]
-fn prints_one_json_line_per_record_and_exits_on_sigterm() {
+/// Starts the binary with `args`; the child, its stdout lines, and the
+/// address it announced on stderr.
+fn spawn(args: &[&OsStr]) -> (Child, mpsc::Receiver<String>, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_oob-mirror-sink"))
-        .args(["--listen", "127.0.0.1:0", "--status", "202"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = lines(child.stdout.take().unwrap());
     let stderr = lines(child.stderr.take().unwrap());
-
     let ready = stderr.recv_timeout(WAIT).unwrap();
     let addr = ready
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line: {ready}"))
         .parse()
         .unwrap();
+    (child, stdout, addr)
+}
+
+#[test]
+fn prints_one_json_line_per_record_and_exits_on_sigterm() {
+    let args = ["--listen", "127.0.0.1:0", "--status", "202"].map(OsStr::new);
+    let (mut child, stdout, addr) = spawn(&args);
 
     let status = post_blocking(addr, false, 2, exchange("cli")).unwrap();
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -92,28 +104,18 @@ fn detect_prints_one_json_line_per_attack_and_serves_the_attacks_page() {
         "SecRule REQUEST_HEADERS:x-canary \"@streq tripped\" \"id:199001,phase:1,pass,log,msg:'Canary header',severity:'NOTICE'\"\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_oob-mirror-sink"))
-        .args([
-            "--detect",
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-            "--rules",
-        ])
-        .arg(&rules)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = lines(child.stdout.take().unwrap());
-    let stderr = lines(child.stderr.take().unwrap());
-    let ready = stderr.recv_timeout(WAIT).unwrap();
-    let addr: std::net::SocketAddr = ready
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {ready}"))
-        .parse()
-        .unwrap();
+    let mut args = [
+        "--detect",
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--rules",
+    ]
+    .map(OsStr::new)
+    .to_vec();
+    args.push(rules.as_os_str());
+    let (mut child, stdout, addr) = spawn(&args);
 
     let mut batch = Vec::new();
     let headers = [

@@ -38,6 +38,22 @@ impl Rig {
         }
     }
 
+    /// One analysis thread that holds each detection until released (the
+    /// hook runs on the analysis thread: holding it holds the queue).
+    fn held(queue: usize) -> (Rig, mpsc::Sender<()>) {
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        let hook: DetectionHook = Arc::new(move |_: &Detection| {
+            let _ = release_rx.lock().unwrap().recv_timeout(WAIT);
+        });
+        let pool = PoolConfig {
+            threads: 1,
+            queue,
+            ..PoolConfig::default()
+        };
+        (Rig::start(pool, Some(hook)), release_tx)
+    }
+
     fn post(&self, records: usize, batch: Vec<u8>) -> StatusCode {
         post_blocking(self.node.addr(), false, records, batch).unwrap()
     }
@@ -323,20 +339,7 @@ fn records_waiting_for_their_other_half_are_bounded() {
 
 #[test]
 fn analysis_falling_behind_answers_503_then_recovers() {
-    // The hook runs on the analysis thread: holding it holds the queue.
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let release_rx = Mutex::new(release_rx);
-    let hook: DetectionHook = Arc::new(move |_: &Detection| {
-        let _ = release_rx.lock().unwrap().recv_timeout(WAIT);
-    });
-    let rig = Rig::start(
-        PoolConfig {
-            threads: 1,
-            queue: 2,
-            ..PoolConfig::default()
-        },
-        Some(hook),
-    );
+    let (rig, release_tx) = Rig::held(2);
     let attacks = |from: usize, n: usize| {
         let mut batch = Vec::new();
         for i in from..from + n {
@@ -411,19 +414,7 @@ fn analysis_falling_behind_refuses_ext_proc_streams_unavailable() {
     use hyper::body::Bytes;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let release_rx = Mutex::new(release_rx);
-    let hook: DetectionHook = Arc::new(move |_: &Detection| {
-        let _ = release_rx.lock().unwrap().recv_timeout(WAIT);
-    });
-    let rig = Rig::start(
-        PoolConfig {
-            threads: 1,
-            queue: 1,
-            ..PoolConfig::default()
-        },
-        Some(hook),
-    );
+    let (rig, release_tx) = Rig::held(1);
     let mut batch = Vec::new();
     exchange(&mut batch, "a0", "GET", "/etc/passwd", &[], b"");
     exchange(&mut batch, "a1", "GET", "/etc/passwd", &[], b"");

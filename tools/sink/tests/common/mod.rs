@@ -33,27 +33,36 @@ fn bool_entry(buf: &mut Vec<u8>, key: &str, value: bool) {
     enc::write_bool(buf, value).unwrap();
 }
 
-/// Appends a complete request record (13 common/request keys + headers)
-/// whose `x-bin` header is a bin value.
-pub fn push_request(buf: &mut Vec<u8>, id: &str, body: &[u8]) {
+/// A header value as the filter sends it: str when UTF-8, bin otherwise.
+pub enum Hv<'a> {
+    S(&'a str),
+    B(&'a [u8]),
+}
+
+/// Where a request record came from and went to.
+struct Origin<'a> {
+    method: &'a str,
+    authority: &'a str,
+    path: &'a str,
+    protocol: &'a str,
+    source: &'a str,
+}
+
+fn write_request(buf: &mut Vec<u8>, id: &str, o: &Origin, headers: &[(&str, Hv)], body: &[u8]) {
     enc::write_map_len(buf, 18).unwrap();
     uint_entry(buf, "v", 1);
     str_entry(buf, "kind", "request");
     str_entry(buf, "id", id);
-    uint_entry(buf, "ts_ns", 1);
-    str_entry(buf, "method", "PUT");
+    uint_entry(buf, "ts_ns", 1_764_621_249_000_000_000);
+    str_entry(buf, "method", o.method);
     str_entry(buf, "scheme", "http");
-    str_entry(buf, "authority", "svc");
-    str_entry(buf, "path", "/x");
-    str_entry(buf, "protocol", "HTTP/2");
-    str_entry(buf, "source", "127.0.0.1:1");
-    str_entry(buf, "destination", "127.0.0.1:2");
+    str_entry(buf, "authority", o.authority);
+    str_entry(buf, "path", o.path);
+    str_entry(buf, "protocol", o.protocol);
+    str_entry(buf, "source", o.source);
+    str_entry(buf, "destination", "10.0.0.1:8080");
     bool_entry(buf, "tls", false);
-    enc::write_str(buf, "headers").unwrap();
-    enc::write_array_len(buf, 1).unwrap();
-    enc::write_array_len(buf, 2).unwrap();
-    enc::write_str(buf, "x-bin").unwrap();
-    enc::write_bin(buf, &[0xc3, 0x28]).unwrap();
+    write_headers(buf, headers);
     enc::write_str(buf, "trailers").unwrap();
     enc::write_array_len(buf, 0).unwrap();
     enc::write_str(buf, "body").unwrap();
@@ -63,24 +72,81 @@ pub fn push_request(buf: &mut Vec<u8>, id: &str, body: &[u8]) {
     bool_entry(buf, "complete", true);
 }
 
+/// Appends a complete request record (`PUT /x`, HTTP/2) whose `x-bin`
+/// header is a bin value.
+pub fn push_request(buf: &mut Vec<u8>, id: &str, body: &[u8]) {
+    let origin = Origin {
+        method: "PUT",
+        authority: "svc",
+        path: "/x",
+        protocol: "HTTP/2",
+        source: "127.0.0.1:1",
+    };
+    write_request(buf, id, &origin, &[("x-bin", Hv::B(&[0xc3, 0x28]))], body);
+}
+
+/// Appends a request record with the given method, path, headers and body
+/// (HTTP/1.1 from 203.0.113.7 to `api.example.com`).
+pub fn push_http_request(
+    buf: &mut Vec<u8>,
+    id: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    let origin = Origin {
+        method,
+        authority: "api.example.com",
+        path,
+        protocol: "HTTP/1.1",
+        source: "203.0.113.7:40000",
+    };
+    let headers: Vec<(&str, Hv)> = headers.iter().map(|(n, v)| (*n, Hv::S(v))).collect();
+    write_request(buf, id, &origin, &headers, body);
+}
+
 pub fn push_response(buf: &mut Vec<u8>, id: &str, status: u64) {
+    push_http_response(buf, id, status, &[], b"ok");
+}
+
+pub fn push_http_response(
+    buf: &mut Vec<u8>,
+    id: &str,
+    status: u64,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
     enc::write_map_len(buf, 13).unwrap();
     uint_entry(buf, "v", 1);
     str_entry(buf, "kind", "response");
     str_entry(buf, "id", id);
-    uint_entry(buf, "ts_ns", 2);
+    uint_entry(buf, "ts_ns", 1_764_621_249_001_000_000);
     uint_entry(buf, "status", status);
     str_entry(buf, "details", "via_upstream");
-    enc::write_str(buf, "headers").unwrap();
-    enc::write_array_len(buf, 0).unwrap();
+    let headers: Vec<(&str, Hv)> = headers.iter().map(|(n, v)| (*n, Hv::S(v))).collect();
+    write_headers(buf, &headers);
     enc::write_str(buf, "trailers").unwrap();
     enc::write_array_len(buf, 0).unwrap();
     enc::write_str(buf, "body").unwrap();
-    enc::write_bin(buf, b"ok").unwrap();
-    uint_entry(buf, "body_size", 2);
+    enc::write_bin(buf, body).unwrap();
+    uint_entry(buf, "body_size", body.len() as u64);
     bool_entry(buf, "body_truncated", false);
     bool_entry(buf, "complete", true);
     uint_entry(buf, "duration_us", 10);
+}
+
+fn write_headers(buf: &mut Vec<u8>, headers: &[(&str, Hv)]) {
+    enc::write_str(buf, "headers").unwrap();
+    enc::write_array_len(buf, headers.len() as u32).unwrap();
+    for (name, value) in headers {
+        enc::write_array_len(buf, 2).unwrap();
+        enc::write_str(buf, name).unwrap();
+        match value {
+            Hv::S(v) => enc::write_str(buf, v).unwrap(),
+            Hv::B(v) => enc::write_bin(buf, v).unwrap(),
+        }
+    }
 }
 
 /// One exchange: its request and response records.
@@ -149,74 +215,6 @@ pub fn post_blocking(
         .enable_all()
         .build()?
         .block_on(post(addr, h2, records, body))
-}
-
-/// Appends a request record with the given method, path, headers and body
-/// (HTTP/1.1 from 203.0.113.7).
-pub fn push_http_request(
-    buf: &mut Vec<u8>,
-    id: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) {
-    enc::write_map_len(buf, 18).unwrap();
-    uint_entry(buf, "v", 1);
-    str_entry(buf, "kind", "request");
-    str_entry(buf, "id", id);
-    uint_entry(buf, "ts_ns", 1_764_621_249_000_000_000);
-    str_entry(buf, "method", method);
-    str_entry(buf, "scheme", "http");
-    str_entry(buf, "authority", "api.example.com");
-    str_entry(buf, "path", path);
-    str_entry(buf, "protocol", "HTTP/1.1");
-    str_entry(buf, "source", "203.0.113.7:40000");
-    str_entry(buf, "destination", "10.0.0.1:8080");
-    bool_entry(buf, "tls", false);
-    write_headers(buf, headers);
-    enc::write_str(buf, "trailers").unwrap();
-    enc::write_array_len(buf, 0).unwrap();
-    enc::write_str(buf, "body").unwrap();
-    enc::write_bin(buf, body).unwrap();
-    uint_entry(buf, "body_size", body.len() as u64);
-    bool_entry(buf, "body_truncated", false);
-    bool_entry(buf, "complete", true);
-}
-
-pub fn push_http_response(
-    buf: &mut Vec<u8>,
-    id: &str,
-    status: u64,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) {
-    enc::write_map_len(buf, 13).unwrap();
-    uint_entry(buf, "v", 1);
-    str_entry(buf, "kind", "response");
-    str_entry(buf, "id", id);
-    uint_entry(buf, "ts_ns", 1_764_621_249_001_000_000);
-    uint_entry(buf, "status", status);
-    str_entry(buf, "details", "via_upstream");
-    write_headers(buf, headers);
-    enc::write_str(buf, "trailers").unwrap();
-    enc::write_array_len(buf, 0).unwrap();
-    enc::write_str(buf, "body").unwrap();
-    enc::write_bin(buf, body).unwrap();
-    uint_entry(buf, "body_size", body.len() as u64);
-    bool_entry(buf, "body_truncated", false);
-    bool_entry(buf, "complete", true);
-    uint_entry(buf, "duration_us", 10);
-}
-
-fn write_headers(buf: &mut Vec<u8>, headers: &[(&str, &str)]) {
-    enc::write_str(buf, "headers").unwrap();
-    enc::write_array_len(buf, headers.len() as u32).unwrap();
-    for (name, value) in headers {
-        enc::write_array_len(buf, 2).unwrap();
-        enc::write_str(buf, name).unwrap();
-        enc::write_str(buf, value).unwrap();
-    }
 }
 
 /// `GET path` over HTTP/1.1: status and body as text.
