@@ -1,27 +1,23 @@
-//! Plugin configuration: parsed with serde (unknown fields refused), then checked, so that a
-//! bad configuration is refused whole with one message naming the field.
+//! Plugin configuration: read from JSON field by field (unknown and duplicate fields refused,
+//! each value's type checked), then checked as a whole, so that a bad configuration is refused
+//! with one message naming the field.
 
-use serde::Deserialize;
+use crate::json::{self, Json};
 use std::fmt;
 
 /// Smallest batch budget that still fits one record with empty bodies and a few headers.
 pub const MIN_BATCH_BYTES: u64 = 4096;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub node: NodeConfig,
-    #[serde(default)]
     pub capture: CaptureConfig,
-    #[serde(default)]
     pub batch: BatchConfig,
-    #[serde(default)]
     pub ext_proc: ExtProcConfig,
 }
 
 /// How records reach the node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
     /// msgpack batches over HTTP (docs/wire-format.md).
     #[default]
@@ -30,23 +26,17 @@ pub enum Protocol {
     ExtProc,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
     pub cluster: String,
-    #[serde(default = "default_authority")]
     pub authority: String,
-    #[serde(default = "default_path")]
     pub path: String,
-    #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    #[serde(default)]
     pub protocol: Protocol,
 }
 
 /// The ext_proc protocol's settings (used when `node.protocol` is `ext_proc`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtProcConfig {
     /// Envoy attribute names sent with the request headers, as Envoy's ext_proc
     /// `request_attributes`.
@@ -70,14 +60,7 @@ impl Default for ExtProcConfig {
     }
 }
 
-/// Where the configuration holds lists; an array anywhere else is refused.
-const LIST_FIELDS: [&str; 2] = [
-    "ext_proc.request_attributes",
-    "ext_proc.response_attributes",
-];
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureConfig {
     pub request_body_max: u64,
     pub response_body_max: u64,
@@ -85,26 +68,13 @@ pub struct CaptureConfig {
     pub max_buffered_bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchConfig {
     pub max_records: u64,
     pub max_bytes: u64,
     pub flush_ms: u64,
     pub max_queue_bytes: u64,
     pub max_inflight: u64,
-}
-
-fn default_authority() -> String {
-    "oob-mirror".to_owned()
-}
-
-fn default_path() -> String {
-    "/v1/records".to_owned()
-}
-
-fn default_timeout_ms() -> u64 {
-    1000
 }
 
 impl Default for CaptureConfig {
@@ -151,58 +121,104 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// The dotted path of the first array that is not one of [`LIST_FIELDS`]: serde's derived
-/// structs would also read an array positionally (`{"node":["n"]}`), which nobody means. A
-/// scan of the JSON's structure, not a parse into values (which would bring float formatting
-/// into the module).
-fn misplaced_array(json: &[u8]) -> Option<String> {
-    // Each open container: its dotted path and whether it is an array.
-    let mut open: Vec<(String, bool)> = Vec::new();
-    let mut text = Vec::new();
-    let (mut in_string, mut escaped) = (false, false);
-    // The last string seen, and the key the next value in an object is under.
-    let (mut last, mut key) = (String::new(), String::new());
-    for &byte in json {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => {
-                    in_string = false;
-                    last = String::from_utf8_lossy(&text).into_owned();
-                    continue;
-                }
-                _ => {}
+/// One JSON object of the configuration: its dotted path and its fields, every key known and
+/// none repeated.
+struct Section<'a> {
+    path: String,
+    fields: &'a [(String, Json)],
+}
+
+impl<'a> Section<'a> {
+    fn new(path: String, value: &'a Json, known: &[&str]) -> Result<Section<'a>, ConfigError> {
+        let Json::Obj(fields) = value else {
+            let field = if path.is_empty() {
+                "configuration"
+            } else {
+                &path
+            };
+            return Err(refuse(
+                field,
+                format!("expected an object, found {}", value.kind()),
+            ));
+        };
+        let section = Section { path, fields };
+        for (i, (key, _)) in fields.iter().enumerate() {
+            if !known.contains(&key.as_str()) {
+                let expected = known.join("`, `");
+                let reason = format!("unknown field `{key}`, expected one of `{expected}`");
+                return Err(refuse(&section.field(key), reason));
             }
-            text.push(byte);
-            continue;
+            if fields.iter().take(i).any(|(k, _)| k == key) {
+                return Err(refuse(
+                    &section.field(key),
+                    format!("duplicate field `{key}`"),
+                ));
+            }
         }
-        match byte {
-            b'"' => {
-                in_string = true;
-                text.clear();
-            }
-            b':' => key = std::mem::take(&mut last),
-            b'{' | b'[' => {
-                let (path, in_array) = match open.last() {
-                    None => (String::new(), false),
-                    Some((parent, true)) => (parent.clone(), true),
-                    Some((parent, false)) if parent.is_empty() => (key.clone(), false),
-                    Some((parent, false)) => (format!("{parent}.{key}"), false),
-                };
-                let array = byte == b'[';
-                if array && (in_array || !LIST_FIELDS.contains(&path.as_str())) {
-                    return Some(path);
-                }
-                open.push((path, array));
-            }
-            b'}' | b']' => {
-                open.pop();
-            }
-            _ => {}
+        Ok(section)
+    }
+
+    fn field(&self, name: &str) -> String {
+        // An empty key still has to read as a field in the one log line.
+        let name = if name.is_empty() { "\"\"" } else { name };
+        if self.path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.path)
         }
     }
-    None
+
+    fn get(&self, name: &str) -> Option<&'a Json> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    fn wrong(&self, name: &str, expected: &str, found: &Json) -> ConfigError {
+        refuse(
+            &self.field(name),
+            format!("expected {expected}, found {}", found.kind()),
+        )
+    }
+
+    fn section(&self, name: &str, known: &[&str]) -> Result<Option<Section<'a>>, ConfigError> {
+        self.get(name)
+            .map(|value| Section::new(self.field(name), value, known))
+            .transpose()
+    }
+
+    fn string(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Json::Str(text)) => Ok(Some(text.clone())),
+            Some(other) => Err(self.wrong(name, "a string", other)),
+        }
+    }
+
+    fn number(&self, name: &str, default: u64) -> Result<u64, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(Json::Num(text)) => text.parse().map_err(|_| {
+                refuse(
+                    &self.field(name),
+                    format!("expected an integer from 0 to {}, found {text}", u64::MAX),
+                )
+            }),
+            Some(other) => Err(self.wrong(name, "a number", other)),
+        }
+    }
+
+    fn list(&self, name: &str, default: Vec<String>) -> Result<Vec<String>, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(Json::Arr(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Json::Str(text) => Ok(text.clone()),
+                    other => Err(self.wrong(name, "a list of strings", other)),
+                })
+                .collect(),
+            Some(other) => Err(self.wrong(name, "a list of strings", other)),
+        }
+    }
 }
 
 fn refuse(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -221,19 +237,97 @@ impl Config {
                 "required (the configuration is empty)",
             ));
         }
-        if let Some(path) = misplaced_array(bytes) {
-            return Err(refuse(
-                "configuration",
-                format!("an array at '{path}': only ext_proc attribute lists are arrays"),
-            ));
-        }
-        let mut json = serde_json::Deserializer::from_slice(bytes);
-        let config: Config = serde_path_to_error::deserialize(&mut json).map_err(from_serde)?;
-        // One JSON value and nothing after it: `{...} junk` is a broken file, not a config.
-        json.end()
-            .map_err(|err| refuse("configuration", err.to_string()))?;
+        let json = json::parse(bytes).map_err(|why| refuse("configuration", why))?;
+        let config = Config::read(&json)?;
         config.check()?;
         Ok(config)
+    }
+
+    /// The fields as written, or their defaults (the README's configuration table).
+    fn read(json: &Json) -> Result<Config, ConfigError> {
+        let root = Section::new(
+            String::new(),
+            json,
+            &["node", "capture", "batch", "ext_proc"],
+        )?;
+        let known = ["cluster", "authority", "path", "timeout_ms", "protocol"];
+        let node = root
+            .section("node", &known)?
+            .ok_or_else(|| refuse("node", "missing field `node`"))?;
+        let protocol = match node.get("protocol") {
+            None => Protocol::Batch,
+            Some(Json::Str(name)) if name == "batch" => Protocol::Batch,
+            Some(Json::Str(name)) if name == "ext_proc" => Protocol::ExtProc,
+            Some(Json::Str(name)) => {
+                let reason = format!("unknown variant `{name}`, expected `batch` or `ext_proc`");
+                return Err(refuse("node.protocol", reason));
+            }
+            Some(other) => return Err(node.wrong("protocol", "a string", other)),
+        };
+        let node = NodeConfig {
+            cluster: node
+                .string("cluster")?
+                .ok_or_else(|| refuse("node.cluster", "missing field `cluster`"))?,
+            authority: node
+                .string("authority")?
+                .unwrap_or_else(|| "oob-mirror".to_owned()),
+            path: node
+                .string("path")?
+                .unwrap_or_else(|| "/v1/records".to_owned()),
+            timeout_ms: node.number("timeout_ms", 1000)?,
+            protocol,
+        };
+
+        let (c, b, e) = (
+            CaptureConfig::default(),
+            BatchConfig::default(),
+            ExtProcConfig::default(),
+        );
+        let known = [
+            "request_body_max",
+            "response_body_max",
+            "max_buffered_bytes",
+        ];
+        let capture = match root.section("capture", &known)? {
+            None => c,
+            Some(s) => CaptureConfig {
+                request_body_max: s.number("request_body_max", c.request_body_max)?,
+                response_body_max: s.number("response_body_max", c.response_body_max)?,
+                max_buffered_bytes: s.number("max_buffered_bytes", c.max_buffered_bytes)?,
+            },
+        };
+        let known = [
+            "max_records",
+            "max_bytes",
+            "flush_ms",
+            "max_queue_bytes",
+            "max_inflight",
+        ];
+        let batch = match root.section("batch", &known)? {
+            None => b,
+            Some(s) => BatchConfig {
+                max_records: s.number("max_records", b.max_records)?,
+                max_bytes: s.number("max_bytes", b.max_bytes)?,
+                flush_ms: s.number("flush_ms", b.flush_ms)?,
+                max_queue_bytes: s.number("max_queue_bytes", b.max_queue_bytes)?,
+                max_inflight: s.number("max_inflight", b.max_inflight)?,
+            },
+        };
+        let known = ["request_attributes", "response_attributes", "max_streams"];
+        let ext_proc = match root.section("ext_proc", &known)? {
+            None => e,
+            Some(s) => ExtProcConfig {
+                request_attributes: s.list("request_attributes", e.request_attributes)?,
+                response_attributes: s.list("response_attributes", e.response_attributes)?,
+                max_streams: s.number("max_streams", e.max_streams)?,
+            },
+        };
+        Ok(Config {
+            node,
+            capture,
+            batch,
+            ext_proc,
+        })
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -312,24 +406,6 @@ fn at_most(field: &str, value: u64, max: u64) -> Result<(), ConfigError> {
         return Err(refuse(field, format!("must be at most {max}")));
     }
     Ok(())
-}
-
-/// Names the field where serde stopped (for an unknown field, the field itself), so the one
-/// log line says which field is wrong.
-fn from_serde(err: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
-    let path = err.path().to_string();
-    let reason = err.into_inner().to_string();
-    // For a missing field serde stops at its parent; the field itself is only in the text.
-    let missing = reason
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split('`').next());
-    let field = match (path.as_str(), missing) {
-        ("" | ".", Some(name)) => name.to_owned(),
-        ("" | ".", None) => "configuration".to_owned(),
-        (parent, Some(name)) => format!("{parent}.{name}"),
-        (parent, None) => parent.to_owned(),
-    };
-    ConfigError { field, reason }
 }
 
 #[cfg(test)]
@@ -480,19 +556,58 @@ mod tests {
     }
 
     #[test]
-    fn arrays_in_place_of_objects_are_refused() {
-        for text in [
-            r#"[["n"]]"#,
-            r#"{"node":["n","a","/p",5]}"#,
-            r#"{"node":{"cluster":"n"},"batch":[1]}"#,
-            r#"{"node":{"cluster":"n"},"ext_proc":[[]]}"#,
-            r#"{"node":{"cluster":"n"},"ext_proc":{"max_streams":[1]}}"#,
-            r#"{"node":{"cluster":"n"},"ext_proc":{"request_attributes":[["a"]]}}"#,
-            r#"{"ext_proc":{"request_attributes":[]},"node":{"cluster":"n","x":[]}}"#,
+    fn values_of_the_wrong_type_are_refused_by_name() {
+        for (text, field) in [
+            (r#"[["n"]]"#, "configuration"),
+            (r#"{"node":["n","a","/p",5]}"#, "node"),
+            (r#"{"node":{"cluster":"n"},"batch":[1]}"#, "batch"),
+            (r#"{"node":{"cluster":"n"},"ext_proc":[[]]}"#, "ext_proc"),
+            (
+                r#"{"node":{"cluster":"n"},"ext_proc":{"max_streams":[1]}}"#,
+                "ext_proc.max_streams",
+            ),
+            (
+                r#"{"node":{"cluster":"n"},"ext_proc":{"request_attributes":[["a"]]}}"#,
+                "ext_proc.request_attributes",
+            ),
+            (
+                r#"{"ext_proc":{"request_attributes":[]},"node":{"cluster":"n","x":[]}}"#,
+                "node.x",
+            ),
+            (r#"{"node":{"cluster":5}}"#, "node.cluster"),
+            (r#"{"node":{"cluster":null}}"#, "node.cluster"),
+            (r#"{"node":{"cluster":"n","protocol":1}}"#, "node.protocol"),
+            (
+                r#"{"node":{"cluster":"n","timeout_ms":"5"}}"#,
+                "node.timeout_ms",
+            ),
+            (
+                r#"{"node":{"cluster":"n","timeout_ms":1.5}}"#,
+                "node.timeout_ms",
+            ),
+            (
+                r#"{"node":{"cluster":"n","timeout_ms":1e3}}"#,
+                "node.timeout_ms",
+            ),
+            (
+                r#"{"node":{"cluster":"n","timeout_ms":18446744073709551616}}"#,
+                "node.timeout_ms",
+            ),
+            (r#"{"node":{"cluster":"n","cluster":"m"}}"#, "node.cluster"),
+            (r#"{"node":{"cluster":"n"},"node":{"cluster":"m"}}"#, "node"),
         ] {
             let err = Config::parse(text.as_bytes()).unwrap_err();
-            assert_eq!(err.field, "configuration", "{text}: {err}");
+            assert_eq!(err.field, field, "{text}: {err}");
         }
+        assert_eq!(field_of(r#"{"":{"clustr":"x"}}"#), r#""""#);
+        assert_eq!(field_of(r#"{"node":{"":1}}"#), r#"node."""#);
+        let err = Config::parse(br#"{"node":{"cluster":"n","cluster":"m"}}"#).unwrap_err();
+        assert_eq!(err.to_string(), "node.cluster: duplicate field `cluster`");
+        let err = Config::parse(br#"{"node":{"clustr":"n"}}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "node.clustr: unknown field `clustr`, expected one of `cluster`, `authority`, `path`, `timeout_ms`, `protocol`"
+        );
         // Brackets inside strings are text, not arrays.
         let config = Config::parse(br#"{"node":{"cluster":"outbound|9090||[x]\"]"}}"#).unwrap();
         assert_eq!(config.node.cluster, "outbound|9090||[x]\"]");
