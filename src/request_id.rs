@@ -1,5 +1,5 @@
-//! Exchange ids for requests that carry no `x-request-id`: a random per-VM prefix and a
-//! counter, so ids are unique across the workers of one Envoy process.
+//! Exchange ids: a random per-VM prefix and a counter, so ids are unique across the workers of
+//! one Envoy process. Never taken from the client (`x-request-id` can be forged or reused).
 
 #[derive(Debug, Clone)]
 pub struct IdGenerator {

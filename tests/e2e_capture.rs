@@ -54,9 +54,10 @@ fn get_with_query_and_repeated_headers_is_mirrored_exactly() {
     let id = echo.request_id();
     let (req, rsp) = wait_exchange(&rig.envoy, &rig.node, &id, EVENTUALLY);
 
-    // Request record.
+    // Request record. The id is the filter's own; the client's x-request-id is a header.
     assert_eq!(req.v, 1);
-    assert_eq!(req.id, id);
+    assert!(req.id.starts_with("oob-"), "{}", req.id);
+    assert_eq!(req.header("x-request-id"), Some(&s(&id)));
     assert!(
         req.ts_ns >= t0 && req.ts_ns <= t1,
         "ts_ns {} not in [{t0}, {t1}]",
@@ -103,7 +104,7 @@ fn get_with_query_and_repeated_headers_is_mirrored_exactly() {
 
     // Response record.
     assert_eq!(rsp.v, 1);
-    assert_eq!(rsp.id, id);
+    assert_eq!(rsp.id, req.id);
     assert!(
         rsp.ts_ns >= req.ts_ns && rsp.ts_ns <= t1,
         "response ts_ns {}",
@@ -143,16 +144,32 @@ fn get_with_query_and_repeated_headers_is_mirrored_exactly() {
     assert_eq!(st.batches_failed(), 0, "{st:?}");
 }
 
+/// A client that reuses (or forges) an `x-request-id` cannot make two exchanges share an id at
+/// the node: three requests with the same one arrive as three pairs.
 #[test]
-fn client_supplied_request_id_pairs_the_records() {
+fn a_forged_request_id_does_not_pair_exchanges() {
     let rig = Rig::start();
-    let resp = rig.send(&Req::get("/echo").header("x-request-id", "client-chosen-id-42"));
-    assert_eq!(resp.status, 200);
-    let id = Echo::parse(&resp.body).request_id();
-    let (req, rsp) = wait_exchange(&rig.envoy, &rig.node, &id, EVENTUALLY);
-    // Whatever Envoy forwarded is the id, and it is in the mirrored headers.
-    assert_eq!(req.header("x-request-id"), Some(&s(&id)));
-    assert_eq!(rsp.id, id);
+    for path in ["/echo/1", "/echo/2", "/echo/3"] {
+        let resp = rig.send(&Req::get(path).header("x-request-id", "forged-42"));
+        assert_eq!(resp.status, 200);
+        assert_eq!(Echo::parse(&resp.body).request_id(), "forged-42");
+    }
+    let st = stats::wait_drained(&rig.envoy, EVENTUALLY);
+    assert_eq!(st.get("records_sent"), 6, "{st:?}");
+    let records = rig.node.records();
+    let mut ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    for id in ids {
+        let pair: Vec<_> = records.iter().filter(|r| r.id == id).collect();
+        assert_eq!(pair.len(), 2, "{pair:#?}");
+        let (req, rsp) = (pair[0], pair[1]);
+        assert!(req.is_request() && rsp.is_response(), "{pair:#?}");
+        assert_eq!(req.header("x-request-id"), Some(&s("forged-42")));
+        let echo = Echo::parse(&rsp.body);
+        assert_eq!(req.path.as_deref(), Some(echo.path.as_str()));
+    }
 }
 
 #[test]
@@ -215,7 +232,8 @@ fn chunked_upload_body_is_captured_exactly() {
     let echo = Echo::parse(&resp.body);
     assert_eq!(echo.body_len, whole.len() as u64);
     assert_eq!(echo.header("transfer-encoding"), Some("chunked"));
-    let (req, _) = wait_exchange(&rig.envoy, &rig.node, &echo.request_id(), EVENTUALLY);
+    let request_id = echo.request_id();
+    let (req, _) = wait_exchange(&rig.envoy, &rig.node, &request_id, EVENTUALLY);
     assert_eq!(req.method.as_deref(), Some("PUT"));
     assert_eq!(req.body, whole);
     assert_eq!(req.body_size, whole.len() as u64);
@@ -226,7 +244,7 @@ fn chunked_upload_body_is_captured_exactly() {
     // the filter does not see it: no framing header at all here.
     assert_eq!(
         req.headers,
-        str_headers(&[("x-forwarded-proto", "http"), ("x-request-id", &req.id)]),
+        str_headers(&[("x-forwarded-proto", "http"), ("x-request-id", &request_id)]),
         "{:#?}",
         show_headers(&req.headers)
     );

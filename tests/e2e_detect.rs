@@ -245,7 +245,12 @@ fn run(filter: Filter, node_http2: bool) -> Run {
 /// Each attack reported with its family, no benign call reported, and for
 /// every case the rule ids CRS gives on the original traffic.
 fn check(run: &Run) {
-    let reported = |name: &str| run.detections.iter().find(|d| d.id == name);
+    // Cases are named by their x-request-id; the record id is the filter's own.
+    let reported = |name: &str| {
+        run.detections
+            .iter()
+            .find(|d| d.request_id.as_deref() == Some(name))
+    };
     let engine = RulesConfig::default().engine().unwrap();
     let mut table = String::new();
     for (case, resp) in cases().iter().zip(&run.sent) {

@@ -78,11 +78,20 @@ fn two_thousand_exchanges_at_concurrency_50_are_all_mirrored_once() {
     let census = id_census(&records_after);
     assert_eq!(census.len(), EXCHANGES, "distinct ids at the node");
     for (id, (reqs, resps)) in &census {
-        assert!(
-            ids.contains(id),
-            "the node got id {id} that no client exchange had"
-        );
         assert_eq!((*reqs, *resps), (1, 1), "records for id {id}");
+    }
+    // Each client exchange (named by the x-request-id the upstream saw) is one request record.
+    let mut seen = HashSet::new();
+    for r in records_after.iter().filter(|r| r.is_request()) {
+        let request_id = r
+            .header("x-request-id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_else(|| panic!("request {} without x-request-id", r.id));
+        assert!(
+            ids.contains(request_id),
+            "the node got exchange {request_id} that no client had"
+        );
+        assert!(seen.insert(request_id), "exchange {request_id} twice");
     }
     assert!(records_after.iter().all(|r| r.complete));
 

@@ -185,8 +185,8 @@ say "upstream 127.0.0.1:$UPSTREAM_PORT   sink 127.0.0.1:$NODE_PORT   envoy $BASE
 
 # --- traffic ---------------------------------------------------------------
 section "Client traffic through Envoy"
-# Each request names itself in x-request-id (the record id), so the detections
-# below say which request they are about; ATTACKS lists those that must be reported.
+# Each request names itself in x-request-id (reported as request_id), so the
+# detections below say which request they are about; ATTACKS lists those that must be reported.
 EXCHANGES=0
 ATTACKS=()
 BENIGN=()
@@ -245,6 +245,7 @@ def show(rec):
     out.append("}")
     return "\n".join(out)
 
+records = []
 with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
     for line in f:
         try:
@@ -252,9 +253,15 @@ with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
         except ValueError:
             print("(not JSON) %s" % line.strip())
             continue
-        if isinstance(rec, dict) and rec.get("id") == "seed-etc-passwd" and "kind" in rec:
-            print("--- %s record %s ---" % (rec["kind"], rec["id"]))
-            print(show(rec))
+        if isinstance(rec, dict) and "kind" in rec:
+            records.append(rec)
+# The record id is the filter's own; the seed request is found by the x-request-id it carried.
+seed = {r["id"] for r in records
+        if ["x-request-id", "seed-etc-passwd"] in r.get("headers", [])}
+for rec in records:
+    if rec["id"] in seed:
+        print("--- %s record %s ---" % (rec["kind"], rec["id"]))
+        print(show(rec))
 EOF
 fi
 wait_until "$RECORDS_TIMEOUT_S" "$EXCHANGES exchanges analysed by the node" all_analysed
@@ -272,7 +279,7 @@ with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
         except ValueError:
             continue
         if isinstance(d, dict) and "rules" in d:
-            found[d["id"]] = d
+            found[d.get("request_id")] = d
 print()
 bad = 0
 for name in os.environ["ATTACKS"].split():

@@ -107,10 +107,9 @@ impl MirrorStream {
 
     fn start_request(&mut self, ts_ns: u64) {
         let (pseudo, headers) = split_pseudo_headers(header_map(MapType::HttpRequestHeaders));
-        let id = match header_text(&headers, "x-request-id") {
-            Some(id) if !id.is_empty() => id,
-            _ => self.next_id(),
-        };
+        // Always ours, never the client's x-request-id (which stays in the headers): a client
+        // could otherwise pair its request with another exchange's response at the node.
+        let id = self.next_id();
         let (request_cap, response_cap) = self.body_caps();
         let connection = self.connection_facts();
         let text = |name| header_text(&pseudo, name).unwrap_or_default();

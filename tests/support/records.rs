@@ -33,9 +33,23 @@ pub fn assert_no_decode_errors(node: &Node) {
     assert!(errors.is_empty(), "batches failed to decode: {errors:?}");
 }
 
-/// Records with this id, in arrival order.
+/// Records of the exchange `id`, in arrival order: the record id, or the `x-request-id` the
+/// request carried (tests name exchanges by it; the filter's own id is never the client's).
 pub fn with_id(records: &[Record], id: &str) -> Vec<Record> {
-    records.iter().filter(|r| r.id == id).cloned().collect()
+    let ids: HashSet<&str> = records
+        .iter()
+        .filter(|r| {
+            r.id == id
+                || (r.is_request()
+                    && r.header("x-request-id").and_then(HeaderValue::as_str) == Some(id))
+        })
+        .map(|r| r.id.as_str())
+        .collect();
+    records
+        .iter()
+        .filter(|r| ids.contains(r.id.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Waits until the node holds a request and a response record for `id`, and

@@ -16,6 +16,9 @@ pub type Headers = Vec<(Vec<u8>, Vec<u8>)>;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Exchange {
     pub id: String,
+    /// The request's `x-request-id`, as the client or Envoy set it (the `id` is the
+    /// filter's own, so a client cannot forge it; this ties a report to the proxy's logs).
+    pub request_id: Option<String>,
     pub ts_ns: u64,
     pub source: Option<String>,
     pub destination: Option<String>,
@@ -52,6 +55,9 @@ impl Exchange {
     pub fn from_records(request: &Record, response: Option<&Record>) -> Exchange {
         Exchange {
             id: request.id.clone(),
+            request_id: request
+                .header("x-request-id")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
             ts_ns: request.ts_ns,
             source: request.source.clone(),
             destination: request.destination.clone(),

@@ -128,7 +128,12 @@ impl ExtProcStream {
                 b":method" => ex.method = text(),
                 b":path" => ex.path = text(),
                 b":authority" => ex.authority = Some(text()),
-                b"x-request-id" if ex.id.is_empty() => ex.id = text(),
+                b"x-request-id" => {
+                    ex.request_id = Some(text());
+                    if ex.id.is_empty() {
+                        ex.id = text();
+                    }
+                }
                 _ => {}
             }
         }

@@ -47,6 +47,8 @@ impl Default for PoolConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Detection {
     pub id: String,
+    /// The request's `x-request-id`.
+    pub request_id: Option<String>,
     pub ts_ns: u64,
     pub source: Option<String>,
     pub method: String,
@@ -343,6 +345,7 @@ impl Shared {
             let detection = Detection {
                 status: exchange.response.as_ref().map(|r| r.status),
                 id: exchange.id,
+                request_id: exchange.request_id,
                 ts_ns: exchange.ts_ns,
                 source: exchange.source,
                 method: exchange.method,

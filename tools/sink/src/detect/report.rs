@@ -16,6 +16,7 @@ pub fn json_line(d: &Detection) -> String {
         .collect();
     json!({
         "id": d.id,
+        "request_id": d.request_id,
         "ts": rfc3339(d.ts_ns),
         "source": d.source,
         "method": d.method,
@@ -233,6 +234,7 @@ mod tests {
     fn detection() -> Detection {
         Detection {
             id: "r1".into(),
+            request_id: Some("req-1".into()),
             ts_ns: 1_764_621_249_123_456_789,
             source: Some("10.0.0.9:5000".into()),
             method: "GET".into(),
@@ -262,6 +264,7 @@ mod tests {
     fn json_line_fields() {
         let v: serde_json::Value = serde_json::from_str(&json_line(&detection())).unwrap();
         assert_eq!(v["id"], "r1");
+        assert_eq!(v["request_id"], "req-1");
         assert_eq!(v["status"], 200);
         assert_eq!(v["rules"][0]["id"], 941100);
         assert_eq!(v["rules"][0]["severity"], "CRITICAL");
