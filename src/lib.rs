@@ -13,6 +13,7 @@ pub mod config;
 pub mod connection_facts;
 pub mod encode;
 pub mod extproc;
+pub mod failure_log;
 pub mod json;
 pub mod record;
 pub mod request_id;

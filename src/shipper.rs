@@ -8,6 +8,7 @@ use crate::batch::{Batch, BatchQueue, Push};
 use crate::body::BodyCapture;
 use crate::config::Config;
 use crate::encode::{encode_request, encode_response};
+use crate::failure_log::{FailureLog, Reason};
 use crate::record::{RequestRecord, ResponseRecord};
 use std::collections::HashMap;
 
@@ -71,6 +72,8 @@ pub struct Shipper {
     inflight: HashMap<u32, InFlight>,
     /// Reused encoding buffer: one allocation per worker, not per record.
     scratch: Vec<u8>,
+    /// Failures and recovery, for Envoy's log.
+    pub log: FailureLog,
 }
 
 impl Shipper {
@@ -82,6 +85,7 @@ impl Shipper {
             counters: Counters::default(),
             inflight: HashMap::new(),
             scratch: Vec::new(),
+            log: FailureLog::new("batches", "records", &config.node.cluster),
         }
     }
 
@@ -139,10 +143,10 @@ impl Shipper {
         self.queue.recycle(batch.body);
     }
 
-    /// The host refused the batch synchronously.
-    pub fn dispatch_failed(&mut self, batch: Batch, now_ms: u64) {
+    /// The host refused the batch synchronously (`reason`: no such cluster, or otherwise).
+    pub fn dispatch_failed(&mut self, batch: Batch, why: (Reason, String), now_ms: u64) {
         self.queue.finish(batch.records);
-        self.fail(batch.records, BatchFailure::Dispatch, now_ms);
+        self.fail(batch.records, BatchFailure::Dispatch, why, now_ms);
         self.queue.recycle(batch.body);
     }
 
@@ -156,24 +160,39 @@ impl Shipper {
             Reply::Status(status) if (200..300).contains(&status) => {
                 self.counters.batch_acknowledged(sent.records, sent.bytes);
                 self.backoff.succeeded();
+                self.log.succeeded();
             }
-            Reply::Status(_) => self.fail(sent.records, BatchFailure::Status, now_ms),
-            Reply::EnvoyReset => self.fail(sent.records, BatchFailure::Reset, now_ms),
-            Reply::EnvoyTimeout => self.fail(sent.records, BatchFailure::Timeout, now_ms),
+            Reply::Status(status) => {
+                let why = (Reason::Answer, format!(" (HTTP {status})"));
+                self.fail(sent.records, BatchFailure::Status, why, now_ms);
+            }
+            Reply::EnvoyReset => {
+                let why = (Reason::Connection, String::new());
+                self.fail(sent.records, BatchFailure::Reset, why, now_ms);
+            }
+            Reply::EnvoyTimeout => {
+                let why = (Reason::Timeout, self.after());
+                self.fail(sent.records, BatchFailure::Timeout, why, now_ms);
+            }
             Reply::NoResponse => {
                 // The host reports a timeout and a reset alike; the elapsed time tells them apart.
                 let timed_out = now_ms.saturating_sub(sent.sent_ms) >= self.timeout_ms;
-                let failure = if timed_out {
-                    BatchFailure::Timeout
+                let (failure, why) = if timed_out {
+                    (BatchFailure::Timeout, (Reason::Timeout, self.after()))
                 } else {
-                    BatchFailure::Reset
+                    (BatchFailure::Reset, (Reason::Connection, String::new()))
                 };
-                self.fail(sent.records, failure, now_ms);
+                self.fail(sent.records, failure, why, now_ms);
             }
         }
     }
 
-    fn fail(&mut self, records: u64, failure: BatchFailure, now_ms: u64) {
+    fn after(&self) -> String {
+        format!(" (after {} ms)", self.timeout_ms)
+    }
+
+    fn fail(&mut self, records: u64, failure: BatchFailure, why: (Reason, String), now_ms: u64) {
+        self.log.failed(why.0, &why.1, records, now_ms);
         self.counters.batch_failed(records, failure);
         if self.backoff.failed(now_ms) {
             self.counters.backoffs += 1;
@@ -269,7 +288,7 @@ mod tests {
         s.reply(1, Reply::NoResponse, 5);
         s.reply(2, Reply::NoResponse, 100);
         let b3 = s.next_batch(100).unwrap();
-        s.dispatch_failed(b3, 100);
+        s.dispatch_failed(b3, (Reason::UnknownCluster, String::new()), 100);
         let c = *s.counters();
         assert_eq!(c.batches_failed_reset, 1);
         assert_eq!(c.batches_failed_timeout, 1);

@@ -209,6 +209,27 @@ fn node_recovers_after_an_outage() {
     let st = stats::wait_drained(&envoy, support::EVENTUALLY);
     assert!(st.get("records_dropped_node_failure") > 0, "{st:?}");
     assert!(st.get("records_sent") >= 3, "{st:?}");
+    // The outage and the recovery are in Envoy's log: per worker, one warning for the
+    // connection failures (however many batches failed), then one line when delivery resumed.
+    let log = wait_log(
+        &envoy,
+        "batches to cluster 'oob_mirror_node' delivered again",
+    );
+    let warnings = lines(
+        &log,
+        "batches to cluster 'oob_mirror_node' fail: connection to the node failed or was reset",
+    );
+    assert!(
+        (1..=2).contains(&warnings.len()),
+        "one warning per worker (2):\n{log}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .all(|l| l.contains("[warning]")
+                && l.contains("records dropped since the last such line")),
+        "{warnings:#?}"
+    );
     let from_outage: Vec<_> = node
         .records()
         .into_iter()
@@ -380,4 +401,75 @@ fn node_down_backs_off_instead_of_connecting_per_exchange() {
     assert_eq!(st.get("records_dropped_queue_full"), 0, "{numbers}");
     st.assert_invariant();
     envoy.assert_no_critical_wasm();
+}
+
+/// Envoy's log lines holding `text`.
+fn lines<'a>(log: &'a str, text: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(text)).collect()
+}
+
+/// Envoy's log once it holds `text` (its log file is flushed every 100 ms here).
+fn wait_log(envoy: &Envoy, text: &str) -> String {
+    support::wait::poll_until(support::EVENTUALLY, || {
+        let log = envoy.log();
+        log.contains(text).then_some(log)
+    })
+    .unwrap_or_else(|| panic!("no log line with {text:?}:\n{}", envoy.log()))
+}
+
+/// A typo in `node.cluster` is named in Envoy's log at the first failed delivery, once per
+/// worker however much traffic follows, in both protocols; the clients see nothing.
+#[test]
+fn an_unknown_cluster_is_named_in_the_log_at_once() {
+    let upstream = Upstream::start();
+    // Envoy says which for an HTTP call; for a gRPC stream it only says InternalFailure.
+    for (protocol, what, unit, reason) in [
+        (
+            "batch",
+            "batches",
+            "records",
+            "Envoy has no cluster by that name",
+        ),
+        (
+            "ext_proc",
+            "ext_proc streams",
+            "exchanges",
+            "Envoy refused the call (InternalFailure: is there a cluster by that name?)",
+        ),
+    ] {
+        let plugin = format!(
+            r#"{{"node":{{"cluster":"oob_mirror_nod","protocol":"{protocol}"}},"batch":{{"flush_ms":20}}}}"#
+        );
+        let envoy = Envoy::start(
+            &EnvoyConfig::new(upstream.port(), ports::free_port())
+                .concurrency(1)
+                .plugin(plugin),
+        );
+        let client = Client::new();
+        let resp = client.send(envoy.addr(), &Req::get("/echo/first"));
+        assert_eq!(resp.status, 200);
+        let line = format!("{what} to cluster 'oob_mirror_nod' fail: {reason}");
+        wait_log(&envoy, &line);
+        for i in 0..20 {
+            assert_eq!(
+                client
+                    .send(envoy.addr(), &Req::get(&format!("/echo/{i}")))
+                    .status,
+                200
+            );
+        }
+        let st = stats::read(&envoy);
+        assert!(
+            st.get("batches_failed_dispatch") + st.get("extproc_streams_refused") >= 1,
+            "{st:?}"
+        );
+        let log = envoy.log();
+        let found = lines(&log, &line);
+        assert_eq!(found.len(), 1, "{protocol}: {found:#?}");
+        assert!(
+            found[0].contains(&format!("{unit} dropped since the last such line")),
+            "{found:?}"
+        );
+        envoy.assert_no_critical_wasm();
+    }
 }

@@ -9,10 +9,13 @@
 
 use crate::accounting::Counters;
 use crate::backoff::{Backoff, Permit};
+use crate::failure_log::{FailureLog, Reason};
 use std::collections::HashMap;
 
 /// gRPC status OK: the node closed the stream normally.
 const GRPC_OK: u32 = 0;
+const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+const GRPC_UNAVAILABLE: u32 = 14;
 
 #[derive(Debug, Default)]
 struct Exchange {
@@ -47,10 +50,12 @@ pub struct Streams {
     wake_pending: bool,
     backoff: Backoff,
     counters: Counters,
+    /// Failures and recovery, for Envoy's log.
+    pub log: FailureLog,
 }
 
 impl Streams {
-    pub fn new(max_streams: u64, timeout_ms: u64) -> Self {
+    pub fn new(max_streams: u64, timeout_ms: u64, cluster: &str) -> Self {
         Streams {
             max_streams: usize::try_from(max_streams).unwrap_or(usize::MAX),
             timeout_ms,
@@ -61,6 +66,7 @@ impl Streams {
             wake_pending: false,
             backoff: Backoff::default(),
             counters: Counters::default(),
+            log: FailureLog::new("ext_proc streams", "exchanges", cluster),
         }
     }
 
@@ -110,7 +116,11 @@ impl Streams {
             return None;
         }
         let token = self.exchanges.get(&key)?.token?;
-        self.end(token, false, now_ms);
+        self.end(
+            token,
+            Err((Reason::Refused, " (sending a message)")),
+            now_ms,
+        );
         Some(token)
     }
 
@@ -131,7 +141,7 @@ impl Streams {
     pub fn flush(
         &mut self,
         now_ms: u64,
-        mut open: impl FnMut() -> Option<u32>,
+        mut open: impl FnMut() -> Result<u32, (Reason, String)>,
         mut send: impl FnMut(u32, &[u8]) -> bool,
         mut close: impl FnMut(u32) -> bool,
     ) {
@@ -140,13 +150,17 @@ impl Streams {
             let Some(exchange) = self.exchanges.get_mut(&key) else {
                 continue;
             };
-            let Some(token) = open() else {
-                self.exchanges.remove(&key);
-                self.counters.extproc_streams_refused += 1;
-                if self.backoff.failed(now_ms) {
-                    self.counters.backoffs += 1;
+            let token = match open() {
+                Ok(token) => token,
+                Err((reason, detail)) => {
+                    self.exchanges.remove(&key);
+                    self.counters.extproc_streams_refused += 1;
+                    self.log.failed(reason, &detail, 1, now_ms);
+                    if self.backoff.failed(now_ms) {
+                        self.counters.backoffs += 1;
+                    }
+                    continue;
                 }
-                continue;
             };
             self.counters.extproc_streams_opened += 1;
             exchange.token = Some(token);
@@ -163,7 +177,7 @@ impl Streams {
             if let Some(exchange) = finished {
                 exchange.deadline_ms = Some(deadline);
                 if !close(token) {
-                    self.end(token, false, now_ms);
+                    self.end(token, Err((Reason::Refused, " (half-closing)")), now_ms);
                 }
             }
         }
@@ -171,18 +185,33 @@ impl Streams {
 
     /// The node (or Envoy on its behalf) closed a stream with this gRPC status.
     pub fn closed(&mut self, token: u32, status: u32, now_ms: u64) {
-        self.end(token, status == GRPC_OK, now_ms);
+        if status == GRPC_OK {
+            return self.end(token, Ok(()), now_ms);
+        }
+        // Envoy ends a stream it could not connect UNAVAILABLE.
+        let reason = match status {
+            GRPC_UNAVAILABLE => Reason::Connection,
+            GRPC_DEADLINE_EXCEEDED => Reason::Timeout,
+            _ => Reason::Answer,
+        };
+        let detail = format!(" (gRPC status {status})");
+        self.end(token, Err((reason, &detail)), now_ms);
     }
 
-    fn end(&mut self, token: u32, ok: bool, now_ms: u64) {
+    /// A stream ended: completed, or failed for this reason.
+    fn end(&mut self, token: u32, outcome: Result<(), (Reason, &str)>, now_ms: u64) {
         let Some(key) = self.tokens.remove(&token) else {
             return;
         };
         self.exchanges.remove(&key);
-        if ok {
+        if outcome.is_ok() {
             self.counters.extproc_streams_completed += 1;
             self.backoff.succeeded();
+            self.log.succeeded();
         } else {
+            if let Err((reason, detail)) = outcome {
+                self.log.failed(reason, detail, 1, now_ms);
+            }
             self.counters.extproc_streams_failed += 1;
             if self.backoff.failed(now_ms) {
                 self.counters.backoffs += 1;
@@ -203,6 +232,8 @@ impl Streams {
             self.tokens.remove(&token);
             self.exchanges.remove(&key);
             self.counters.extproc_streams_cancelled += 1;
+            let detail = format!(" (not closed {} ms after the exchange)", self.timeout_ms);
+            self.log.failed(Reason::Timeout, &detail, 1, now_ms);
             if self.backoff.failed(now_ms) {
                 self.counters.backoffs += 1;
             }
@@ -262,7 +293,7 @@ mod tests {
             now,
             || {
                 *next += 1;
-                Some(99 + *next)
+                Ok(99 + *next)
             },
             |token, message| {
                 sent.push((token, message.to_vec()));
@@ -277,7 +308,7 @@ mod tests {
 
     #[test]
     fn held_messages_go_out_in_order_when_the_root_opens_the_stream() {
-        let (mut s, mut host) = (Streams::new(8, 100), Host::default());
+        let (mut s, mut host) = (Streams::new(8, 100, "n"), Host::default());
         let key = s.begin(0).unwrap();
         assert_eq!(s.deliver(key, b"a".to_vec()), Delivery::Held { wake: true });
         assert_eq!(
@@ -304,7 +335,7 @@ mod tests {
 
     #[test]
     fn an_exchange_that_ends_before_its_stream_opens_is_closed_at_open() {
-        let (mut s, mut host) = (Streams::new(8, 100), Host::default());
+        let (mut s, mut host) = (Streams::new(8, 100, "n"), Host::default());
         let key = s.begin(0).unwrap();
         s.deliver(key, b"a".to_vec());
         assert_eq!(s.finish(key, 0), None);
@@ -326,7 +357,7 @@ mod tests {
 
     #[test]
     fn the_bound_on_streams_drops_and_counts() {
-        let mut s = Streams::new(2, 100);
+        let mut s = Streams::new(2, 100, "n");
         let a = s.begin(0).unwrap();
         s.begin(0).unwrap();
         assert_eq!(s.begin(0), None);
@@ -344,12 +375,22 @@ mod tests {
 
     #[test]
     fn refused_opens_and_failures_back_off_then_probe() {
-        let mut s = Streams::new(64, 100);
+        let mut s = Streams::new(64, 100, "n");
         for _ in 0..3 {
             s.begin(0).unwrap();
         }
-        s.flush(0, || None, |_, _| true, |_| true);
+        let refused = || Err((Reason::UnknownCluster, String::new()));
+        s.flush(0, refused, |_, _| true, |_| true);
         assert_eq!(s.counters().extproc_streams_refused, 3);
+        // One warning for the three, naming the cluster and the reason.
+        let lines = s.log.take();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0]
+                .1
+                .contains("to cluster 'n' fail: Envoy has no cluster by that name; 1 exchanges"),
+            "{lines:?}"
+        );
         assert_eq!(s.counters().backoffs, 1);
         assert_eq!(s.begin(10), None, "backing off");
         assert_eq!(s.counters().extproc_dropped_backoff, 1);
@@ -360,18 +401,22 @@ mod tests {
         flush(&mut s, &mut host, 10_000);
         s.closed(100, 0, 10_001);
         assert!(s.begin(10_002).is_some(), "the node is back");
+        assert_eq!(
+            s.log.take()[0].1,
+            "oob-mirror: ext_proc streams to cluster 'n' delivered again"
+        );
         balanced(&s);
     }
 
     #[test]
     fn a_refused_send_ends_the_stream() {
-        let mut s = Streams::new(8, 100);
+        let mut s = Streams::new(8, 100, "n");
         let key = s.begin(0).unwrap();
         s.deliver(key, b"a".to_vec());
         let mut closed = Vec::new();
         s.flush(
             0,
-            || Some(7),
+            || Ok(7),
             |_, _| false,
             |t| {
                 closed.push(t);

@@ -10,11 +10,12 @@ use super::worker::{SharedWorker, Worker};
 use crate::accounting::Gauges;
 use crate::config::{Config, Protocol};
 use crate::extproc::encode::grpc_service;
+use crate::failure_log::{Level, Reason};
 use crate::shipper::{Reply, REPLY_BODY_PREFIX};
 use log::error;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, MapType};
+use proxy_wasm::types::{BufferType, ContextType, MapType, Status};
 use std::time::Duration;
 
 /// Upper bound on the tick period: full batches wait at most this long for the root context.
@@ -66,13 +67,9 @@ impl MirrorRoot {
                 timeout,
             ) {
                 Ok(token) => worker.shipper.dispatched(token, batch, now_ms),
-                Err(status) => {
-                    log::debug!(
-                        "oob-mirror: dispatch to {} refused: {status:?}",
-                        node.cluster
-                    );
-                    worker.shipper.dispatch_failed(batch, now_ms);
-                }
+                Err(status) => worker
+                    .shipper
+                    .dispatch_failed(batch, refusal(status), now_ms),
             }
         }
     }
@@ -88,7 +85,10 @@ impl MirrorRoot {
         let service = self.grpc_service.as_str();
         worker.streams.flush(
             now,
-            || hostcalls::open_grpc_stream(service, EXT_PROC_SERVICE, EXT_PROC_METHOD, vec![]).ok(),
+            || {
+                hostcalls::open_grpc_stream(service, EXT_PROC_SERVICE, EXT_PROC_METHOD, vec![])
+                    .map_err(refusal)
+            },
             |token, message| {
                 hostcalls::send_grpc_stream_message(token, Some(message), false).is_ok()
             },
@@ -97,6 +97,24 @@ impl MirrorRoot {
         worker.streams.expire(now, |token| {
             let _ = hostcalls::cancel_grpc_stream(token);
         });
+    }
+
+    /// Failures and recoveries of delivery, in Envoy's log (rate-limited by `FailureLog`).
+    fn write_log(&mut self) {
+        let Some(worker) = &self.worker else { return };
+        let Ok(mut worker) = worker.try_borrow_mut() else {
+            return;
+        };
+        let log = match self.protocol {
+            Protocol::Batch => &mut worker.shipper.log,
+            Protocol::ExtProc => &mut worker.streams.log,
+        };
+        for (level, line) in log.take() {
+            match level {
+                Level::Warn => log::warn!("{line}"),
+                Level::Info => log::info!("{line}"),
+            }
+        }
     }
 
     fn publish(&mut self) {
@@ -231,6 +249,7 @@ impl RootContext for MirrorRoot {
             Protocol::ExtProc => self.flush_streams(),
         }
         self.publish();
+        self.write_log();
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
@@ -252,5 +271,19 @@ impl RootContext for MirrorRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// Why Envoy refused a call or a stream at once. An HTTP call to a cluster it does not have is
+/// `BadArgument`; a gRPC stream to one is `InternalFailure`, which has other causes too, so the
+/// line only suggests it.
+fn refusal(status: Status) -> (Reason, String) {
+    match status {
+        Status::BadArgument => (Reason::UnknownCluster, String::new()),
+        Status::InternalFailure => (
+            Reason::Refused,
+            " (InternalFailure: is there a cluster by that name?)".to_owned(),
+        ),
+        other => (Reason::Refused, format!(" ({other:?})")),
     }
 }

@@ -36,7 +36,11 @@ impl Worker {
             ids: IdGenerator::new(seed),
             budget: CaptureBudget::new(config.capture.max_buffered_bytes),
             connections: ConnectionFactsCache::new(REMEMBERED_CONNECTIONS),
-            streams: Streams::new(config.ext_proc.max_streams, config.node.timeout_ms),
+            streams: Streams::new(
+                config.ext_proc.max_streams,
+                config.node.timeout_ms,
+                &config.node.cluster,
+            ),
             wake_queue: None,
             config,
         }))
