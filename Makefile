@@ -250,9 +250,9 @@ profile: setup wasm
 	  --target-dir '$(EMPTY_FILTER_DIR)/target'
 	$(CARGO) build --release -p oob-mirror-profile
 	@echo "profile: the filter's own encode + batch path, native (instructions per exchange)"
-	@for body in 0 1024; do \
-	  valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/capture-profile 20000 $$body 2>&1 \
-	    | awk -v b=$$body '/Collected/ { printf "  body %5d B: %.1f k instructions/exchange\n", b, $$4 / 20000 / 1000 }'; \
+	@for run in "0" "1024" "1024 json"; do \
+	  valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/capture-profile 20000 $$run 2>&1 \
+	    | awk -v b="$$run" '/Collected/ { printf "  body %-9s B: %.1f k instructions/exchange\n", b, $$4 / 20000 / 1000 }'; \
 	done
 	@echo "profile: Envoy, one worker, under callgrind"
 	'$(PYTHON)' tools/profile/envoy_instructions.py --envoy '$(ENVOY_BIN)' --module '$(WASM_OUT)' \

@@ -6,6 +6,9 @@ pub struct BodyCapture {
     data: Vec<u8>,
     cap: usize,
     size: u64,
+    /// Set when the bytes were replaced (redaction): `(truncated, cut_by_budget)` of the
+    /// bytes as captured, which the replacement's length no longer tells.
+    replaced: Option<(bool, bool)>,
 }
 
 impl BodyCapture {
@@ -14,6 +17,7 @@ impl BodyCapture {
             data: Vec::new(),
             cap: usize::try_from(cap).unwrap_or(usize::MAX),
             size: 0,
+            replaced: None,
         }
     }
 
@@ -34,7 +38,17 @@ impl BodyCapture {
     /// Fewer bytes were kept than the cap allowed: only the worker's capture budget (which
     /// grants less than `wanted`) makes that happen.
     pub fn cut_by_budget(&self) -> bool {
-        (self.data.len() as u64) < self.size.min(self.cap as u64)
+        match self.replaced {
+            Some((_, cut)) => cut,
+            None => (self.data.len() as u64) < self.size.min(self.cap as u64),
+        }
+    }
+
+    /// Replaces the captured bytes (redacted, or withheld with `truncated`), keeping the true
+    /// size and what was true of the capture.
+    pub fn replace(&mut self, data: Vec<u8>, truncated: bool) {
+        self.replaced = Some((self.truncated() || truncated, self.cut_by_budget()));
+        self.data = data;
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -46,7 +60,10 @@ impl BodyCapture {
     }
 
     pub fn truncated(&self) -> bool {
-        self.size > self.data.len() as u64
+        match self.replaced {
+            Some((truncated, _)) => truncated,
+            None => self.size > self.data.len() as u64,
+        }
     }
 }
 

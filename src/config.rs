@@ -14,6 +14,52 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub batch: BatchConfig,
     pub ext_proc: ExtProcConfig,
+    pub redact: RedactConfig,
+}
+
+/// What is replaced by a keyed marker before a record leaves the worker (src/redact.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedactConfig {
+    pub enabled: bool,
+    /// Header names (any case), the defaults plus those configured.
+    pub headers: Vec<String>,
+    pub query_params: Vec<String>,
+    /// Keys of JSON and form body fields.
+    pub body_fields: Vec<String>,
+    /// The VM environment variable holding the marker key.
+    pub key_env: String,
+}
+
+pub const DEFAULT_REDACT_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+];
+
+/// Default secret body fields, and query parameters.
+pub const DEFAULT_REDACT_FIELDS: [&str; 8] = [
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "client_secret",
+    "api_key",
+];
+
+impl Default for RedactConfig {
+    fn default() -> Self {
+        RedactConfig {
+            enabled: true,
+            headers: DEFAULT_REDACT_HEADERS.map(str::to_owned).to_vec(),
+            query_params: DEFAULT_REDACT_FIELDS.map(str::to_owned).to_vec(),
+            body_fields: DEFAULT_REDACT_FIELDS.map(str::to_owned).to_vec(),
+            key_env: "OOB_MIRROR_REDACT_KEY".to_owned(),
+        }
+    }
 }
 
 /// How records reach the node.
@@ -248,7 +294,7 @@ impl Config {
         let root = Section::new(
             String::new(),
             json,
-            &["node", "capture", "batch", "ext_proc"],
+            &["node", "capture", "batch", "ext_proc", "redact"],
         )?;
         let known = ["cluster", "authority", "path", "timeout_ms", "protocol"];
         let node = root
@@ -322,11 +368,36 @@ impl Config {
                 max_streams: s.number("max_streams", e.max_streams)?,
             },
         };
+        let r = RedactConfig::default();
+        let known = [
+            "enabled",
+            "headers",
+            "query_params",
+            "body_fields",
+            "key_env",
+        ];
+        // Lists add to the defaults: a configuration cannot drop a default secret by naming
+        // another one; `enabled: false` turns redaction off.
+        let redact = match root.section("redact", &known)? {
+            None => r,
+            Some(s) => RedactConfig {
+                enabled: match s.get("enabled") {
+                    None => true,
+                    Some(Json::Bool(on)) => *on,
+                    Some(other) => return Err(s.wrong("enabled", "true or false", other)),
+                },
+                headers: [r.headers, s.list("headers", Vec::new())?].concat(),
+                query_params: [r.query_params, s.list("query_params", Vec::new())?].concat(),
+                body_fields: [r.body_fields, s.list("body_fields", Vec::new())?].concat(),
+                key_env: s.string("key_env")?.unwrap_or(r.key_env),
+            },
+        };
         Ok(Config {
             node,
             capture,
             batch,
             ext_proc,
+            redact,
         })
     }
 
@@ -379,6 +450,19 @@ impl Config {
         let ext_proc = &self.ext_proc;
         positive("ext_proc.max_streams", ext_proc.max_streams)?;
         at_most("ext_proc.max_streams", ext_proc.max_streams, 65_536)?;
+        let redact = &self.redact;
+        for (field, names) in [
+            ("redact.headers", &redact.headers),
+            ("redact.query_params", &redact.query_params),
+            ("redact.body_fields", &redact.body_fields),
+        ] {
+            if names.iter().any(|n| n.is_empty() || n.len() > 64) {
+                return Err(refuse(field, "names are 1 to 64 bytes"));
+            }
+        }
+        if redact.key_env.is_empty() {
+            return Err(refuse("redact.key_env", "must not be empty"));
+        }
         for (field, names) in [
             ("ext_proc.request_attributes", &ext_proc.request_attributes),
             (

@@ -16,7 +16,9 @@ pub mod extproc;
 pub mod failure_log;
 pub mod json;
 pub mod record;
+pub mod redact;
 pub mod request_id;
+pub mod sha256;
 pub mod shipper;
 
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::encode::{encode_request, encode_response};
 use crate::failure_log::{FailureLog, Reason};
 use crate::record::{RequestRecord, ResponseRecord};
+use crate::redact::Redactor;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy)]
@@ -74,10 +75,12 @@ pub struct Shipper {
     scratch: Vec<u8>,
     /// Failures and recovery, for Envoy's log.
     pub log: FailureLog,
+    /// Secrets are replaced before a record is encoded; `None` when redaction is off.
+    redactor: Option<Redactor>,
 }
 
 impl Shipper {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, redactor: Option<Redactor>) -> Self {
         Shipper {
             timeout_ms: config.node.timeout_ms,
             queue: BatchQueue::new(&config.batch),
@@ -86,16 +89,25 @@ impl Shipper {
             inflight: HashMap::new(),
             scratch: Vec::new(),
             log: FailureLog::new("batches", "records", &config.node.cluster),
+            redactor,
         }
     }
 
-    pub fn capture_request(&mut self, record: &RequestRecord, now_ms: u64) {
+    /// Redacts the record in place, then queues it.
+    pub fn capture_request(&mut self, record: &mut RequestRecord, now_ms: u64) {
+        if let Some(r) = &self.redactor {
+            r.record(&mut record.headers, &mut record.trailers, &mut record.body);
+            record.path = r.path(&record.path);
+        }
         self.scratch.clear();
         encode_request(record, &mut self.scratch);
         self.admit(&record.body, now_ms);
     }
 
-    pub fn capture_response(&mut self, record: &ResponseRecord, now_ms: u64) {
+    pub fn capture_response(&mut self, record: &mut ResponseRecord, now_ms: u64) {
+        if let Some(r) = &self.redactor {
+            r.record(&mut record.headers, &mut record.trailers, &mut record.body);
+        }
         self.scratch.clear();
         encode_response(record, &mut self.scratch);
         self.admit(&record.body, now_ms);
@@ -248,11 +260,11 @@ mod tests {
 
     #[test]
     fn a_full_batch_ships_and_is_acknowledged() {
-        let mut s = Shipper::new(&config(2));
-        s.capture_request(&request("a"), 0);
+        let mut s = Shipper::new(&config(2), None);
+        s.capture_request(&mut request("a"), 0);
         assert!(s.next_batch(0).is_none(), "one record, not yet due");
         s.capture_response(
-            &ResponseRecord {
+            &mut ResponseRecord {
                 id: "a".into(),
                 ..ResponseRecord::default()
             },
@@ -276,9 +288,9 @@ mod tests {
 
     #[test]
     fn failures_are_classified_and_records_dropped() {
-        let mut s = Shipper::new(&config(1));
+        let mut s = Shipper::new(&config(1), None);
         for id in ["a", "b", "c", "d"] {
-            s.capture_request(&request(id), 0);
+            s.capture_request(&mut request(id), 0);
         }
         let b1 = s.next_batch(0).unwrap();
         s.dispatched(1, b1, 0);
@@ -328,9 +340,9 @@ mod tests {
         assert_eq!(Reply::classify(Some(504), b""), Reply::Status(504));
         assert!(REPLY_BODY_PREFIX >= ENVOY_RESET_BODIES[0].len());
 
-        let mut s = Shipper::new(&config(1));
+        let mut s = Shipper::new(&config(1), None);
         for id in ["a", "b", "c"] {
-            s.capture_request(&request(id), 0);
+            s.capture_request(&mut request(id), 0);
         }
         let b = s.next_batch(0).unwrap();
         s.dispatched(1, b, 0);
@@ -348,12 +360,12 @@ mod tests {
         let mut config = config(1000);
         config.batch.max_bytes = 4096;
         config.batch.max_queue_bytes = 4096;
-        let mut s = Shipper::new(&config);
+        let mut s = Shipper::new(&config, None);
         let mut big = request("big");
         big.body = BodyCapture::new(3000);
         big.body.add(3000, &[b'x'; 3000]);
-        s.capture_request(&big, 0);
-        s.capture_request(&big, 0);
+        s.capture_request(&mut big, 0);
+        s.capture_request(&mut big, 0);
         assert_eq!(s.counters().records_captured, 2);
         assert_eq!(s.counters().records_dropped_queue_full, 1);
         assert_balanced(&s);
@@ -362,16 +374,16 @@ mod tests {
 
     #[test]
     fn truncated_bodies_are_counted() {
-        let mut s = Shipper::new(&config(10));
+        let mut s = Shipper::new(&config(10), None);
         let mut r = request("t");
         r.body = BodyCapture::new(1);
         r.body.add(2, b"ab");
-        s.capture_request(&r, 0);
+        s.capture_request(&mut r, 0);
         assert_eq!(s.counters().bodies_truncated, 1);
         assert_eq!(s.counters().bodies_truncated_budget, 0);
         r.body = BodyCapture::new(5);
         r.body.add(4, b"a");
-        s.capture_request(&r, 0);
+        s.capture_request(&mut r, 0);
         assert_eq!(s.counters().bodies_truncated, 2);
         assert_eq!(s.counters().bodies_truncated_budget, 1);
     }

@@ -154,7 +154,8 @@ fn a_forged_request_id_does_not_pair_exchanges() {
         assert_eq!(resp.status, 200);
         assert_eq!(Echo::parse(&resp.body).request_id(), "forged-42");
     }
-    let st = stats::wait_drained(&rig.envoy, EVENTUALLY);
+    // Metrics are published on the workers' ticks: wait for all six.
+    let st = stats::wait_drained_and(&rig.envoy, EVENTUALLY, |s| s.get("records_sent") == 6);
     assert_eq!(st.get("records_sent"), 6, "{st:?}");
     let records = rig.node.records();
     let mut ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();

@@ -17,9 +17,11 @@ use support::envoy::{envoy_ext_proc, EnvoyConfig, Filter};
 use support::extproc::Recorder;
 use support::{stats, Envoy, Upstream, EVENTUALLY};
 
-/// oob-mirror in ext_proc mode, body caps above the largest body below.
+/// oob-mirror in ext_proc mode, body caps above the largest body below, redaction off (Envoy's
+/// own client redacts nothing; tests/e2e_redact.rs covers redaction in this mode).
 const EQUIVALENCE_PLUGIN: &str = r#"{"node":{"cluster":"oob_mirror_node","protocol":"ext_proc"},
-  "capture":{"request_body_max":8388608,"response_body_max":8388608}}"#;
+  "capture":{"request_body_max":8388608,"response_body_max":8388608},
+  "redact":{"enabled":false}}"#;
 
 const LOCAL_REPLY: &str = "Envoy's 503 local reply";
 

@@ -8,6 +8,7 @@ use super::worker::SharedWorker;
 use crate::extproc::attributes::{self, Value};
 use crate::extproc::encode::{processing_request, Direction, Part};
 use crate::extproc::streams::Delivery;
+use crate::redact::{Redactor, Stream};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, MapType};
 
@@ -16,6 +17,10 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 struct BodyProgress {
     sent: u64,
     size: u64,
+    /// Redaction of a JSON or form body, across its chunks.
+    redact: Option<Stream>,
+    /// A JSON or form body sent compressed: its bytes are not sent (they cannot be redacted).
+    withhold: bool,
 }
 
 pub struct ExtProcStream {
@@ -94,8 +99,33 @@ impl ExtProcStream {
         }
     }
 
-    fn headers(&mut self, direction: Direction, headers: Vec<(String, Vec<u8>)>, eos: bool) {
+    fn headers(&mut self, direction: Direction, mut headers: Vec<(String, Vec<u8>)>, eos: bool) {
         let attributes = self.attributes(direction);
+        if let Ok(worker) = self.worker.try_borrow() {
+            if let Some(r) = &worker.redactor {
+                let header = |name: &str| {
+                    headers
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.as_slice())
+                };
+                let kind = Redactor::body_kind(header("content-type"));
+                let encoded = header("content-encoding")
+                    .is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
+                let progress = match direction {
+                    Direction::Request => &mut self.request_body,
+                    Direction::Response => &mut self.response_body,
+                };
+                progress.withhold = kind.is_some() && encoded;
+                progress.redact = kind.map(|k| r.body_stream(k));
+                r.headers(&mut headers);
+                for (name, value) in headers.iter_mut() {
+                    if name == ":path" {
+                        *value = r.path(&String::from_utf8_lossy(value)).into_bytes();
+                    }
+                }
+            }
+        }
         let part = Part::Headers {
             headers: &headers,
             end_of_stream: eos,
@@ -140,6 +170,23 @@ impl ExtProcStream {
             Vec::new()
         };
         progress.sent = progress.sent.saturating_add(chunk.len() as u64);
+        let chunk = if progress.withhold {
+            Vec::new()
+        } else if let Some(stream) = &mut progress.redact {
+            let Ok(worker) = self.worker.try_borrow() else {
+                return;
+            };
+            let mut out = Vec::with_capacity(chunk.len());
+            if let Some(r) = &worker.redactor {
+                stream.push(r, &chunk, &mut out);
+                if eos {
+                    stream.finish(r, &mut out);
+                }
+            }
+            out
+        } else {
+            chunk
+        };
         if chunk.is_empty() && !eos {
             return;
         }

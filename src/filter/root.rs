@@ -11,6 +11,7 @@ use crate::accounting::Gauges;
 use crate::config::{Config, Protocol};
 use crate::extproc::encode::grpc_service;
 use crate::failure_log::{Level, Reason};
+use crate::redact::Redactor;
 use crate::shipper::{Reply, REPLY_BODY_PREFIX};
 use log::error;
 use proxy_wasm::hostcalls;
@@ -222,7 +223,8 @@ impl RootContext for MirrorRoot {
             .unwrap_or_else(|_| config.node.cluster.clone());
         let seed = random_seed();
         self.protocol = config.node.protocol;
-        let worker = Worker::shared(config, seed);
+        let redactor = Redactor::new(&config.redact, redaction_key(&config.redact.key_env));
+        let worker = Worker::shared(config, seed, redactor);
         if self.protocol == Protocol::ExtProc {
             // One queue per VM: Envoy keys queues by VM id and name, and every worker's VM has
             // the same id.
@@ -285,5 +287,15 @@ fn refusal(status: Status) -> (Reason, String) {
             " (InternalFailure: is there a cluster by that name?)".to_owned(),
         ),
         other => (Reason::Refused, format!(" ({other:?})")),
+    }
+}
+
+/// The key of the redaction markers: the VM environment variable `name` (a Kubernetes Secret
+/// through WasmPlugin `vmConfig.env`), else random for this VM, so markers then correlate only
+/// within one worker and until it restarts.
+fn redaction_key(name: &str) -> Vec<u8> {
+    match std::env::var(name) {
+        Ok(key) if !key.is_empty() => key.into_bytes(),
+        _ => (0..4).flat_map(|_| random_seed().to_le_bytes()).collect(),
     }
 }

@@ -153,7 +153,9 @@ impl MirrorStream {
         request.complete = complete;
         if let Some(worker) = &self.worker {
             if let Ok(mut worker) = worker.try_borrow_mut() {
-                worker.shipper.capture_request(&request, ns_to_ms(at_ns));
+                worker
+                    .shipper
+                    .capture_request(&mut request, ns_to_ms(at_ns));
             }
         }
         self.release(request.body.bytes().len());
@@ -175,7 +177,9 @@ impl MirrorStream {
         response.duration_us = end_ns.saturating_sub(self.request_ts_ns) / 1000;
         if let Some(worker) = &self.worker {
             if let Ok(mut worker) = worker.try_borrow_mut() {
-                worker.shipper.capture_response(&response, ns_to_ms(end_ns));
+                worker
+                    .shipper
+                    .capture_response(&mut response, ns_to_ms(end_ns));
             }
         }
         self.release(response.body.bytes().len());

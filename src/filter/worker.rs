@@ -4,6 +4,7 @@ use crate::capture_budget::CaptureBudget;
 use crate::config::Config;
 use crate::connection_facts::ConnectionFactsCache;
 use crate::extproc::streams::Streams;
+use crate::redact::Redactor;
 use crate::request_id::IdGenerator;
 use crate::shipper::Shipper;
 use std::cell::RefCell;
@@ -14,6 +15,9 @@ pub struct Worker {
     pub config: Config,
     pub shipper: Shipper,
     pub ids: IdGenerator,
+    /// Replaces secrets before they leave (ext_proc mode uses it per message; the shipper has
+    /// its own copy).
+    pub redactor: Option<Redactor>,
     pub budget: CaptureBudget,
     pub connections: ConnectionFactsCache,
     /// The ext_proc transport (used when `node.protocol` is `ext_proc`).
@@ -30,9 +34,10 @@ pub type SharedWorker = Rc<RefCell<Worker>>;
 const REMEMBERED_CONNECTIONS: usize = 1024;
 
 impl Worker {
-    pub fn shared(config: Config, seed: u64) -> SharedWorker {
+    pub fn shared(config: Config, seed: u64, redactor: Option<Redactor>) -> SharedWorker {
         Rc::new(RefCell::new(Worker {
-            shipper: Shipper::new(&config),
+            shipper: Shipper::new(&config, redactor.clone()),
+            redactor,
             ids: IdGenerator::new(seed),
             budget: CaptureBudget::new(config.capture.max_buffered_bytes),
             connections: ConnectionFactsCache::new(REMEMBERED_CONNECTIONS),

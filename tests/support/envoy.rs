@@ -67,6 +67,8 @@ pub struct EnvoyConfig {
     /// Routes tried before the catch-all route to `upstream`, and the clusters they name.
     pub extra_routes: Vec<Value>,
     pub extra_clusters: Vec<Value>,
+    /// Environment variables of the filter's VM (`vm_config.environment_variables`).
+    pub vm_env: Vec<(String, String)>,
 }
 
 impl EnvoyConfig {
@@ -83,6 +85,7 @@ impl EnvoyConfig {
             node_http2: false,
             extra_routes: Vec::new(),
             extra_clusters: Vec::new(),
+            vm_env: Vec::new(),
         }
     }
 
@@ -99,6 +102,7 @@ impl EnvoyConfig {
             node_http2: false,
             extra_routes: Vec::new(),
             extra_clusters: Vec::new(),
+            vm_env: Vec::new(),
         }
     }
 
@@ -120,6 +124,12 @@ impl EnvoyConfig {
     /// Another build of the module (e.g. the test-only trap build).
     pub fn module(mut self, path: PathBuf) -> EnvoyConfig {
         self.module = Some(path);
+        self
+    }
+
+    /// An environment variable of the filter's VM.
+    pub fn vm_env(mut self, name: &str, value: &str) -> EnvoyConfig {
+        self.vm_env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -165,7 +175,12 @@ impl EnvoyConfig {
             Filter::None => {}
             Filter::OobMirror(plugin) => {
                 let module = self.module.clone().unwrap_or_else(wasm_module);
-                http_filters.push(wasm_filter(&module, plugin, self.failure_policy));
+                http_filters.push(wasm_filter(
+                    &module,
+                    plugin,
+                    self.failure_policy,
+                    &self.vm_env,
+                ));
             }
             Filter::Http(filter) => http_filters.push(filter.clone()),
         }
@@ -260,7 +275,14 @@ fn load_assignment(cluster: &str, port: u16) -> Value {
     })
 }
 
-fn wasm_filter(module: &Path, plugin_json: &str, failure_policy: &str) -> Value {
+fn wasm_filter(
+    module: &Path,
+    plugin_json: &str,
+    failure_policy: &str,
+    env: &[(String, String)],
+) -> Value {
+    let key_values: serde_json::Map<String, Value> =
+        env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     json!({
         "name": "envoy.filters.http.wasm",
         "typed_config": {
@@ -271,7 +293,8 @@ fn wasm_filter(module: &Path, plugin_json: &str, failure_policy: &str) -> Value 
                 "failure_policy": failure_policy,
                 "vm_config": {
                     "runtime": "envoy.wasm.runtime.v8",
-                    "code": { "local": { "filename": module.display().to_string() } }
+                    "code": { "local": { "filename": module.display().to_string() } },
+                    "environment_variables": { "key_values": key_values }
                 },
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",

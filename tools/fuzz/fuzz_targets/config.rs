@@ -6,7 +6,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oob_mirror::config::{Config, Protocol, MIN_BATCH_BYTES};
+use oob_mirror::config::{
+    Config, Protocol, DEFAULT_REDACT_FIELDS, DEFAULT_REDACT_HEADERS, MIN_BATCH_BYTES,
+};
 use serde_json::{json, Value};
 
 /// A section's field as written (Config::parse refuses arrays but the attribute lists, so every
@@ -112,6 +114,14 @@ fn written_out(config: &Config) -> Vec<u8> {
             "request_body_max": c.capture.request_body_max,
             "response_body_max": c.capture.response_body_max,
             "max_buffered_bytes": c.capture.max_buffered_bytes,
+        },
+        // The lists hold the defaults first, then what the JSON added: write out the added.
+        "redact": {
+            "enabled": c.redact.enabled,
+            "headers": c.redact.headers[DEFAULT_REDACT_HEADERS.len()..],
+            "query_params": c.redact.query_params[DEFAULT_REDACT_FIELDS.len()..],
+            "body_fields": c.redact.body_fields[DEFAULT_REDACT_FIELDS.len()..],
+            "key_env": c.redact.key_env,
         },
         "batch": {
             "max_records": c.batch.max_records,

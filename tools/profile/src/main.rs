@@ -7,6 +7,7 @@
 use oob_mirror::body::BodyCapture;
 use oob_mirror::config::Config;
 use oob_mirror::record::{RequestRecord, ResponseRecord};
+use oob_mirror::redact::Redactor;
 use oob_mirror::shipper::{Reply, Shipper};
 use std::hint::black_box;
 
@@ -62,6 +63,23 @@ fn exchange(i: u64, body: &[u8]) -> (RequestRecord, ResponseRecord) {
     (request, response)
 }
 
+/// About `size` bytes of JSON: a user record with a password and a token among plain fields.
+fn json_body(size: usize) -> Vec<u8> {
+    let mut s = String::from(
+        r#"{"user":"ann","password":"hunter2-hunter2","token":"tk-0123456789abcdef","items":["#,
+    );
+    let mut i = 0;
+    while s.len() + 40 < size {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(r#"{{"id":{i},"name":"item {i}","qty":1}}"#));
+        i += 1;
+    }
+    s.push_str("]}");
+    s.into_bytes()
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let exchanges: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
@@ -70,13 +88,32 @@ fn main() {
         eprintln!("capture-profile: the built-in configuration was refused");
         std::process::exit(1);
     };
-    let body = vec![b'x'; body_bytes];
-    let records: Vec<_> = (0..256).map(|i| exchange(i, &body)).collect();
-    let mut shipper = Shipper::new(&config);
+    // `json`: JSON bodies with secret fields (redacted), as a login API sends and answers.
+    let json = args.next().as_deref() == Some("json");
+    let body = if json {
+        json_body(body_bytes)
+    } else {
+        vec![b'x'; body_bytes]
+    };
+    let mut records: Vec<_> = (0..256)
+        .map(|i| {
+            let (mut request, mut response) = exchange(i, &body);
+            if json {
+                for headers in [&mut request.headers, &mut response.headers] {
+                    headers.retain(|(n, _)| n != "content-type");
+                    headers.push(header("content-type", "application/json"));
+                }
+            }
+            (request, response)
+        })
+        .collect();
+    // Redaction as configured by default (on), with a fixed key.
+    let redactor = Redactor::new(&config.redact, b"profile-key".to_vec());
+    let mut shipper = Shipper::new(&config, redactor);
     let mut token = 0u32;
     let mut sent = 0u64;
     for i in 0..exchanges {
-        let Some((request, response)) = records.get((i % 256) as usize) else {
+        let Some((request, response)) = records.get_mut((i % 256) as usize) else {
             continue;
         };
         let now_ms = i / 10;
