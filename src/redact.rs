@@ -12,7 +12,7 @@
 use crate::body::BodyCapture;
 use crate::config::RedactConfig;
 use crate::record::HeaderList;
-use crate::sha256::hmac_sha256;
+use crate::sha256::Hmac;
 
 pub const MARKER_PREFIX: &str = "redacted:";
 
@@ -30,7 +30,7 @@ pub enum BodyKind {
 
 #[derive(Debug, Clone)]
 pub struct Redactor {
-    key: Vec<u8>,
+    key: Hmac,
     headers: Vec<String>,
     query: Vec<String>,
     fields: Vec<String>,
@@ -41,7 +41,7 @@ impl Redactor {
     pub fn new(config: &RedactConfig, key: Vec<u8>) -> Option<Redactor> {
         let lower = |list: &[String]| list.iter().map(|n| n.to_ascii_lowercase()).collect();
         config.enabled.then(|| Redactor {
-            key,
+            key: Hmac::new(&key),
             headers: lower(&config.headers),
             query: lower(&config.query_params),
             fields: lower(&config.body_fields),
@@ -49,7 +49,7 @@ impl Redactor {
     }
 
     pub fn marker(&self, value: &[u8]) -> String {
-        let mac = hmac_sha256(&self.key, value);
+        let mac = self.key.mac(value);
         let mut out = String::with_capacity(MARKER_PREFIX.len() + 16);
         out.push_str(MARKER_PREFIX);
         for b in mac.iter().take(8) {
@@ -84,27 +84,43 @@ impl Redactor {
         }
     }
 
-    /// Replaces the values of secret query parameters in a path (`/p?a=1&token=x`).
-    pub fn path(&self, path: &str) -> String {
-        let Some((head, query)) = path.split_once('?') else {
-            return path.to_owned();
-        };
+    /// Replaces the values of secret query parameters in a path (`/p?a=1&token=x`); `None`
+    /// when it has none (the common case costs no allocation).
+    pub fn path(&self, path: &str) -> Option<String> {
+        let (head, query) = path.split_once('?')?;
+        let secret = query.split('&').any(|param| {
+            let name = param.split('=').next().unwrap_or_default();
+            param.contains('=') && is_name(&self.query, name.as_bytes())
+        });
+        if !secret {
+            return None;
+        }
         let mut out = Vec::with_capacity(path.len());
         out.extend_from_slice(head.as_bytes());
         out.push(b'?');
         let mut form = Stream::new(BodyKind::Form);
         form.feed(self, &self.query, query.as_bytes(), &mut out);
         form.finish(self, &mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        Some(String::from_utf8_lossy(&out).into_owned())
     }
 
     /// What a body with this `content-type` is, for redaction; `None`: left as it is.
     pub fn body_kind(content_type: Option<&[u8]>) -> Option<BodyKind> {
-        let ct = String::from_utf8_lossy(content_type?).to_ascii_lowercase();
-        let essence = ct.split(';').next().unwrap_or_default().trim().to_owned();
-        if essence == "application/json" || essence.ends_with("+json") {
+        let ct = content_type?;
+        let essence = ct
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        let ends = |suffix: &[u8]| {
+            essence.len() >= suffix.len()
+                && essence
+                    .get(essence.len() - suffix.len()..)
+                    .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
+        };
+        if essence.eq_ignore_ascii_case(b"application/json") || ends(b"+json") {
             Some(BodyKind::Json)
-        } else if essence == "application/x-www-form-urlencoded" {
+        } else if essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
             Some(BodyKind::Form)
         } else {
             None
@@ -258,8 +274,43 @@ impl Stream {
     }
 
     fn feed(&mut self, r: &Redactor, names: &[String], chunk: &[u8], out: &mut Vec<u8>) {
-        for &b in chunk {
+        let mut rest = chunk;
+        while let Some((&b, tail)) = rest.split_first() {
+            // Inside a plain JSON string, copy up to the next quote or backslash in one go.
+            if let State::Text { escaped: false } = self.state {
+                let run = rest
+                    .iter()
+                    .position(|c| *c == b'"' || *c == b'\\')
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    let (plain, after) = rest.split_at(run);
+                    out.extend_from_slice(plain);
+                    let room = MAX_KEY.saturating_sub(self.key.len());
+                    self.key
+                        .extend_from_slice(plain.get(..room.min(run)).unwrap_or_default());
+                    self.key_too_long |= run > room;
+                    rest = after;
+                    continue;
+                }
+            }
+            // Between tokens, copy up to the next quote or colon in one go.
+            if self.state == State::Outside {
+                let run = rest
+                    .iter()
+                    .position(|c| *c == b'"' || *c == b':')
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    let (plain, after) = rest.split_at(run);
+                    out.extend_from_slice(plain);
+                    if !plain.iter().all(u8::is_ascii_whitespace) {
+                        self.key_done = false;
+                    }
+                    rest = after;
+                    continue;
+                }
+            }
             self.byte(r, names, b, out);
+            rest = tail;
         }
     }
 
@@ -469,12 +520,13 @@ mod tests {
     #[test]
     fn query_parameters_by_name() {
         let r = redactor();
-        assert_eq!(r.path("/a/b"), "/a/b");
+        assert_eq!(r.path("/a/b"), None);
+        assert_eq!(r.path("/a/b?page=2&q=token"), None);
         assert_eq!(
-            r.path("/cb?code=1&access_token=tok&x=&TOKEN=t2"),
+            r.path("/cb?code=1&access_token=tok&x=&TOKEN=t2").unwrap(),
             format!("/cb?code=1&access_token={}&x=&TOKEN={}", m("tok"), m("t2"))
         );
-        assert_eq!(r.path("/p?token"), "/p?token");
+        assert_eq!(r.path("/p?token"), None);
     }
 
     #[test]

@@ -64,9 +64,13 @@ fn compress(state: &mut [u32; 8], block: &[u8]) {
 
 /// SHA-256 of the concatenation of `parts`.
 pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut state = H0;
+    digest(H0, 0, parts)
+}
+
+/// Finishes a hash whose first `prefix_len` bytes (whole blocks) left `state`.
+fn digest(mut state: [u32; 8], prefix_len: u64, parts: &[&[u8]]) -> [u8; 32] {
     let mut buf: Vec<u8> = Vec::with_capacity(128);
-    let mut len: u64 = 0;
+    let mut len: u64 = prefix_len;
     for part in parts {
         len = len.wrapping_add(part.len() as u64);
         buf.extend_from_slice(part);
@@ -91,22 +95,47 @@ pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     out
 }
 
+/// HMAC-SHA-256 under one key, its two padded key blocks hashed once (half the work of
+/// each MAC on short values).
+#[derive(Debug, Clone)]
+pub struct Hmac {
+    inner: [u32; 8],
+    outer: [u32; 8],
+}
+
+impl Hmac {
+    pub fn new(key: &[u8]) -> Hmac {
+        let mut block = [0u8; 64];
+        let hashed;
+        let key = if key.len() > 64 {
+            hashed = sha256(&[key]);
+            &hashed[..]
+        } else {
+            key
+        };
+        if let Some(head) = block.get_mut(..key.len()) {
+            head.copy_from_slice(key);
+        }
+        let state = |byte: u8| {
+            let mut st = H0;
+            compress(&mut st, &block.map(|b| b ^ byte));
+            st
+        };
+        Hmac {
+            inner: state(0x36),
+            outer: state(0x5c),
+        }
+    }
+
+    pub fn mac(&self, message: &[u8]) -> [u8; 32] {
+        let inner = digest(self.inner, 64, &[message]);
+        digest(self.outer, 64, &[&inner])
+    }
+}
+
 /// HMAC-SHA-256 of `message` under `key`.
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    let hashed;
-    let key = if key.len() > 64 {
-        hashed = sha256(&[key]);
-        &hashed[..]
-    } else {
-        key
-    };
-    if let Some(head) = block.get_mut(..key.len()) {
-        head.copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.map(|b| b ^ byte);
-    let inner = sha256(&[&pad(0x36), message]);
-    sha256(&[&pad(0x5c), &inner])
+    Hmac::new(key).mac(message)
 }
 
 #[cfg(test)]

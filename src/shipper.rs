@@ -97,7 +97,9 @@ impl Shipper {
     pub fn capture_request(&mut self, record: &mut RequestRecord, now_ms: u64) {
         if let Some(r) = &self.redactor {
             r.record(&mut record.headers, &mut record.trailers, &mut record.body);
-            record.path = r.path(&record.path);
+            if let Some(path) = r.path(&record.path) {
+                record.path = path;
+            }
         }
         self.scratch.clear();
         encode_request(record, &mut self.scratch);

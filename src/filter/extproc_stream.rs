@@ -121,7 +121,9 @@ impl ExtProcStream {
                 r.headers(&mut headers);
                 for (name, value) in headers.iter_mut() {
                     if name == ":path" {
-                        *value = r.path(&String::from_utf8_lossy(value)).into_bytes();
+                        if let Some(path) = r.path(&String::from_utf8_lossy(value)) {
+                            *value = path.into_bytes();
+                        }
                     }
                 }
             }
