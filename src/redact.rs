@@ -104,6 +104,20 @@ impl Redactor {
         Some(String::from_utf8_lossy(&out).into_owned())
     }
 
+    /// What the body under these headers is, for redaction, and whether it is sent with a
+    /// `content-encoding` (then it cannot be read here).
+    pub fn body_of(headers: &HeaderList) -> (Option<BodyKind>, bool) {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_slice())
+        };
+        let encoded =
+            header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
+        (Redactor::body_kind(header("content-type")), encoded)
+    }
+
     /// What a body with this `content-type` is, for redaction; `None`: left as it is.
     pub fn body_kind(content_type: Option<&[u8]>) -> Option<BodyKind> {
         let ct = content_type?;
@@ -145,15 +159,7 @@ impl Redactor {
         trailers: &mut HeaderList,
         body: &mut BodyCapture,
     ) {
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_slice())
-        };
-        let kind = Redactor::body_kind(header("content-type"));
-        let encoded =
-            header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
+        let (kind, encoded) = Redactor::body_of(headers);
         match kind {
             Some(_) if encoded => body.replace(Vec::new(), true),
             Some(kind) if !body.bytes().is_empty() => {

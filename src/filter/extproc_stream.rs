@@ -103,15 +103,7 @@ impl ExtProcStream {
         let attributes = self.attributes(direction);
         if let Ok(worker) = self.worker.try_borrow() {
             if let Some(r) = &worker.redactor {
-                let header = |name: &str| {
-                    headers
-                        .iter()
-                        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                        .map(|(_, v)| v.as_slice())
-                };
-                let kind = Redactor::body_kind(header("content-type"));
-                let encoded = header("content-encoding")
-                    .is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
+                let (kind, encoded) = Redactor::body_of(&headers);
                 let progress = match direction {
                     Direction::Request => &mut self.request_body,
                     Direction::Response => &mut self.response_body,
