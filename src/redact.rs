@@ -176,10 +176,6 @@ impl Redactor {
     pub fn body_stream(&self, kind: BodyKind) -> Stream {
         Stream::new(kind)
     }
-
-    pub fn fields(&self) -> &[String] {
-        &self.fields
-    }
 }
 
 fn is_name(names: &[String], candidate: &[u8]) -> bool {
