@@ -6,25 +6,43 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use oob_mirror_sink::detect::pool::{Detection, Detector, PoolConfig};
 use oob_mirror_sink::detect::{attach, report, RulesConfig};
-use oob_mirror_sink::{to_json_line, BatchHook, BatchInfo, Behavior, Node, NodeConfig};
+use oob_mirror_sink::{
+    to_json_line, BatchHook, BatchInfo, Behavior, Node, NodeConfig, RequiredHeaders, TlsConfig,
+    TlsErrorHook,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 const USAGE: &str = "\
-usage: oob-mirror-sink [--listen ADDR] [--status CODE] [--delay-ms MS]
-       oob-mirror-sink --detect [--listen ADDR] [DETECTION OPTIONS]
+usage: oob-mirror-sink [--listen ADDR] [--status CODE] [--delay-ms MS] [SECURITY OPTIONS]
+       oob-mirror-sink --detect [--listen ADDR] [SECURITY OPTIONS] [DETECTION OPTIONS]
 
 Receives oob-mirror batches (HTTP/1.1 or h2c, POST on any path) and prints
-each record as one JSON line on stdout.
+each record as one JSON line on stdout. GET /metrics shows the node's
+counters (Prometheus text).
 
   --listen ADDR   address to listen on (default 127.0.0.1:9090; port 0 = any)
   --status CODE   status to answer every batch with (default 204)
   --delay-ms MS   answer 200 after MS milliseconds (default 0)
+
+Security (docs/node-security.md):
+
+  --tls-cert FILE               serve TLS only (h2 and http/1.1 by ALPN) with this
+                                PEM certificate chain, leaf first; needs --tls-key
+  --tls-key FILE                its PEM private key (PKCS#8, PKCS#1 or SEC1)
+  --require-header NAME:VALUE   every batch and ext_proc stream must carry this
+                                header (name in any case, value exactly): a batch
+                                without it is answered 401, a stream
+                                UNAUTHENTICATED, unread. Repeatable; a name given
+                                twice accepts either value (rotation)
+  --require-header-env NAME:VAR the same, the value read from the environment
+                                variable VAR (keeps it out of the process list)
 
 With --detect, every exchange (request and response paired by id) is run
 through OWASP CRS by libmodsecurity, detection only; each exchange where a
@@ -49,6 +67,10 @@ struct Args {
     listen: SocketAddr,
     behavior: Behavior,
     detect: Option<DetectArgs>,
+    /// Certificate and key files.
+    tls: Option<(PathBuf, PathBuf)>,
+    /// Its `Debug` never shows a value.
+    require: RequiredHeaders,
 }
 
 #[derive(Debug, Default)]
@@ -94,12 +116,20 @@ fn run(args: Args) -> io::Result<()> {
         )
     };
 
+    // A bad certificate or key stops the node before it listens.
+    let tls = match &args.tls {
+        Some((cert, key)) => Some(TlsConfig::from_files(cert, key).map_err(io::Error::other)?),
+        None => None,
+    };
     let mut config = NodeConfig {
         addr: args.listen,
         behavior: args.behavior,
         // Records are printed, not kept: the process may run for long.
         retain: false,
         on_batch: Some(Arc::new(print_batch)),
+        on_tls_error: tls.is_some().then(tls_error_printer),
+        tls,
+        require_headers: args.require,
         ..NodeConfig::default()
     };
     let detector = match args.detect {
@@ -132,6 +162,29 @@ fn run(args: Args) -> io::Result<()> {
     node.stop();
     drop(detector);
     Ok(())
+}
+
+/// Says a failed TLS handshake on stderr: the first at once, then at most one
+/// line a minute with how many failed meanwhile (a scanner must not flood the
+/// log; `/metrics` counts them all).
+fn tls_error_printer() -> TlsErrorHook {
+    let last: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
+    Arc::new(move |peer: SocketAddr, why: &str| {
+        let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *last {
+            Some((at, quiet)) if at.elapsed() < Duration::from_secs(60) => *quiet += 1,
+            _ => {
+                let quiet = last.map_or(0, |(_, n)| n);
+                let more = if quiet > 0 {
+                    format!(" ({quiet} more since the last line)")
+                } else {
+                    String::new()
+                };
+                eprintln!("oob-mirror-sink: TLS handshake from {peer} failed: {why}{more}");
+                *last = Some((Instant::now(), 0));
+            }
+        }
+    })
 }
 
 fn print_detection(detection: &Detection) {
@@ -175,6 +228,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     let mut detect = false;
     let mut d = DetectArgs::default();
     let mut detect_flag: Option<String> = None;
+    let (mut tls_cert, mut tls_key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
+    let mut require = RequiredHeaders::default();
     while let Some(arg) = it.next() {
         // Accept both `--flag value` and `--flag=value`.
         let (flag, inline) = match arg.split_once('=') {
@@ -210,6 +265,24 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
                 delay_ms = v
                     .parse()
                     .map_err(|_| format!("--delay-ms: not a number: {v}"))?;
+            }
+            "--tls-cert" => tls_cert = Some(value()?.into()),
+            "--tls-key" => tls_key = Some(value()?.into()),
+            // Errors below name the header, never the value.
+            "--require-header" => require
+                .add_spec(&value()?)
+                .map_err(|e| format!("--require-header: {e}"))?,
+            "--require-header-env" => {
+                let v = value()?;
+                let (name, var) = v
+                    .split_once(':')
+                    .ok_or_else(|| format!("--require-header-env: expected NAME:VAR, not {v}"))?;
+                let secret = std::env::var(var).map_err(|_| {
+                    format!("--require-header-env: the environment variable {var} is not set")
+                })?;
+                require
+                    .add(name, &secret)
+                    .map_err(|e| format!("--require-header-env ({var}): {e}"))?;
             }
             "--detect" => detect = true,
             "--print-records" => {
@@ -264,10 +337,18 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         (None, ms) => Behavior::Delay(Duration::from_millis(ms)),
         (Some(_), _) => return Err("--delay-ms always answers 200; drop --status".into()),
     };
+    let tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+    };
     Ok(Some(Args {
         listen,
         behavior,
         detect: detect.then_some(d),
+        tls,
+        require,
     }))
 }
 
@@ -324,6 +405,38 @@ mod tests {
             .contains("needs --detect"));
         assert!(parse(&["--detect", "--paranoia", "5"]).is_err());
         assert!(parse(&["--detect", "--threads", "0"]).is_err());
+    }
+
+    #[test]
+    fn security_flags() {
+        let a = parse(&[]).unwrap().unwrap();
+        assert!(a.tls.is_none() && a.require.is_empty());
+        let a = parse(&["--tls-cert", "c.pem", "--tls-key=k.pem"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.tls, Some(("c.pem".into(), "k.pem".into())));
+        assert!(parse(&["--tls-cert", "c.pem"])
+            .unwrap_err()
+            .contains("needs --tls-key"));
+        assert!(parse(&["--tls-key", "k.pem"])
+            .unwrap_err()
+            .contains("needs --tls-cert"));
+
+        let a = parse(&[
+            "--require-header",
+            "X-Token:hunter2",
+            "--require-header=x-token:hunter3",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.require.names().collect::<Vec<_>>(), ["x-token"]);
+        assert!(!format!("{a:?}").contains("hunter"), "{a:?}");
+        for bad in ["hunter2", "x-token:", "bad name:hunter2"] {
+            let e = parse(&["--require-header", bad]).unwrap_err();
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let e = parse(&["--require-header-env", "x-token:OOB_MIRROR_SINK_TEST_UNSET"]).unwrap_err();
+        assert!(e.contains("OOB_MIRROR_SINK_TEST_UNSET is not set"), "{e}");
     }
 
     #[test]

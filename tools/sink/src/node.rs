@@ -1,7 +1,8 @@
 //! An in-process analysis node for tests and the CLI.
 //!
 //! [`Node`] is an HTTP server (HTTP/1.1 and HTTP/2 with prior knowledge,
-//! "h2c", detected per connection) that takes `POST` batches on any path,
+//! "h2c", detected per connection; over TLS only when given a [`TlsConfig`],
+//! with h2 and http/1.1 by ALPN) that takes `POST` batches on any path,
 //! decodes them and keeps what it saw. It runs its own tokio runtime on a
 //! background thread so plain synchronous `#[test]` functions can use it;
 //! every method is synchronous and quick, except the `wait_*` ones, which
@@ -16,6 +17,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,6 +37,7 @@ use crate::decode::{decode_batch, DecodeError};
 use crate::detect::exchange::Exchange;
 use crate::detect::extproc::{ExtProcStream, PROCESS_PATH};
 use crate::record::Record;
+use crate::security::{RequiredHeaders, TlsConfig};
 
 /// Largest batch body accepted; far above the filter's `batch.max_bytes`
 /// default (1 MiB), it only guards the test process against runaway input.
@@ -103,6 +106,9 @@ pub type GateHook = Arc<dyn Fn() -> bool + Send + Sync>;
 /// over: its exchange, or why it could not be read.
 pub type ExtProcHook = Arc<dyn Fn(Result<Exchange, String>) + Send + Sync>;
 
+/// Told of each failed TLS handshake: the peer and why.
+pub type TlsErrorHook = Arc<dyn Fn(SocketAddr, &str) + Send + Sync>;
+
 /// A page served on `GET` (`/attacks`, `/metrics`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -130,6 +136,12 @@ pub struct NodeConfig {
     /// Accept ext_proc streams too (an analysis node); without it they are
     /// taken for batches and refused.
     pub on_extproc: Option<ExtProcHook>,
+    /// Serve TLS only, with this certificate.
+    pub tls: Option<TlsConfig>,
+    pub on_tls_error: Option<TlsErrorHook>,
+    /// Headers every batch and ext_proc stream must carry; without them a
+    /// batch is answered `401` and a stream `UNAUTHENTICATED`, unread.
+    pub require_headers: RequiredHeaders,
 }
 
 impl Default for NodeConfig {
@@ -142,6 +154,9 @@ impl Default for NodeConfig {
             gate: None,
             pages: None,
             on_extproc: None,
+            tls: None,
+            on_tls_error: None,
+            require_headers: RequiredHeaders::default(),
         }
     }
 }
@@ -156,6 +171,11 @@ impl fmt::Debug for NodeConfig {
             .field("gate", &self.gate.is_some())
             .field("pages", &self.pages.is_some())
             .field("on_extproc", &self.on_extproc.is_some())
+            .field("tls", &self.tls.is_some())
+            .field(
+                "require_headers",
+                &self.require_headers.names().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -201,6 +221,18 @@ struct Shared {
     gate: Option<GateHook>,
     pages: Option<PageHook>,
     on_extproc: Option<ExtProcHook>,
+    tls: Option<TlsConfig>,
+    on_tls_error: Option<TlsErrorHook>,
+    require_headers: RequiredHeaders,
+    counters: Counters,
+}
+
+/// The node's own counters, as `/metrics` shows them.
+#[derive(Default)]
+struct Counters {
+    tls_handshakes: AtomicU64,
+    tls_handshakes_failed: AtomicU64,
+    requests_unauthenticated: AtomicU64,
 }
 
 #[derive(Default)]
@@ -245,6 +277,10 @@ impl Node {
             gate: config.gate,
             pages: config.pages,
             on_extproc: config.on_extproc,
+            tls: config.tls,
+            on_tls_error: config.on_tls_error,
+            require_headers: config.require_headers,
+            counters: Counters::default(),
         });
         let (addr, server) = Server::spawn(config.addr, Arc::clone(&shared))?;
         Ok(Node {
@@ -263,9 +299,37 @@ impl Node {
         self.addr.port()
     }
 
-    /// `http://ADDR`, to build URLs or cluster configs.
+    /// `http://ADDR` (`https://` with TLS), to build URLs or cluster configs.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// TLS handshakes completed (connections served), since the start.
+    pub fn tls_handshakes(&self) -> u64 {
+        self.shared.counters.tls_handshakes.load(Ordering::Relaxed)
+    }
+
+    /// TLS handshakes that failed or timed out: nothing of those connections
+    /// was read.
+    pub fn tls_handshakes_failed(&self) -> u64 {
+        self.shared
+            .counters
+            .tls_handshakes_failed
+            .load(Ordering::Relaxed)
+    }
+
+    /// Batches and ext_proc streams refused for a missing or wrong required
+    /// header.
+    pub fn requests_unauthenticated(&self) -> u64 {
+        self.shared
+            .counters
+            .requests_unauthenticated
+            .load(Ordering::Relaxed)
     }
 
     pub fn is_running(&self) -> bool {
@@ -507,6 +571,36 @@ fn timeout_batches(state: &State, n: usize) -> WaitError {
     }
 }
 
+impl Counters {
+    /// Appends the counters in Prometheus text format 0.0.4.
+    fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        for (name, help, counter) in [
+            (
+                "tls_handshakes_total",
+                "TLS handshakes completed (connections served over TLS).",
+                &self.tls_handshakes,
+            ),
+            (
+                "tls_handshakes_failed_total",
+                "TLS handshakes that failed or timed out; nothing was read from those connections.",
+                &self.tls_handshakes_failed,
+            ),
+            (
+                "requests_unauthenticated_total",
+                "Batches (401) and ext_proc streams (UNAUTHENTICATED) refused unread for a missing or wrong required header.",
+                &self.requests_unauthenticated,
+            ),
+        ] {
+            let _ = write!(
+                out,
+                "# HELP oob_mirror_node_{name} {help}\n# TYPE oob_mirror_node_{name} counter\noob_mirror_node_{name} {}\n",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
 impl Shared {
     /// Locks the state. A panic while holding the lock (only possible in a
     /// caller's `wait_until` closure) leaves consistent data, so poisoning is
@@ -586,11 +680,11 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: oneshot
     // prior-knowledge preface from HTTP/1.1.
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             // A dropped sender also ends the loop.
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(_) => {
                     // Out of file descriptors and the like: back off briefly
                     // instead of spinning.
@@ -599,15 +693,60 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: oneshot
                 }
             },
         };
-        tokio::spawn(connection(builder.clone(), stream, Arc::clone(&shared)));
+        tokio::spawn(connection(
+            builder.clone(),
+            stream,
+            peer,
+            Arc::clone(&shared),
+        ));
     }
 }
 
-async fn connection(builder: auto::Builder<TokioExecutor>, stream: TcpStream, shared: Arc<Shared>) {
+/// A client that connects and says nothing must not hold a task forever.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn connection(
+    builder: auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) {
     let _ = stream.set_nodelay(true);
-    let service = service_fn(move |req| handle(req, Arc::clone(&shared)));
+    let tls = shared.tls.clone();
+    let service = {
+        let shared = Arc::clone(&shared);
+        service_fn(move |req| handle(req, Arc::clone(&shared)))
+    };
     // A connection error (client reset, bad request) concerns that
     // connection only.
+    let Some(tls) = tls else {
+        let _ = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+        return;
+    };
+    let accepted = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        failed => {
+            shared
+                .counters
+                .tls_handshakes_failed
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(hook) = &shared.on_tls_error {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no handshake within {TLS_HANDSHAKE_TIMEOUT:?}"),
+                };
+                hook(peer, &why);
+            }
+            return;
+        }
+    };
+    shared
+        .counters
+        .tls_handshakes
+        .fetch_add(1, Ordering::Relaxed);
     let _ = builder
         .serve_connection(TokioIo::new(stream), service)
         .await;
@@ -615,25 +754,54 @@ async fn connection(builder: auto::Builder<TokioExecutor>, stream: TcpStream, sh
 
 type Reply = Response<BoxBody<Bytes, Infallible>>;
 
+const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Reply, Infallible> {
-    // Pages only on an analysis node; otherwise a GET is a 405 like any non-POST.
-    if let (&Method::GET, Some(pages)) = (req.method(), &shared.pages) {
-        if let Some(page) = pages(req.uri().path()) {
-            let mut response = reply(StatusCode::OK, &page.body);
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(page.content_type),
-            );
-            return Ok(response);
+    // `/metrics` always (the node's own counters, after the analysis' ones);
+    // other pages only on an analysis node, else a GET is a 405 like any
+    // non-POST. Pages need no required header: they are for operators.
+    if req.method() == Method::GET {
+        let path = req.uri().path();
+        let page = shared.pages.as_ref().and_then(|pages| pages(path));
+        if path == "/metrics" {
+            let mut body = page.map(|p| p.body).unwrap_or_default();
+            shared.counters.write_metrics(&mut body);
+            return Ok(page_reply(METRICS_TYPE, body));
         }
-        return Ok(reply(StatusCode::NOT_FOUND, "not found\n"));
+        if let Some(page) = page {
+            return Ok(page_reply(page.content_type, page.body));
+        }
+        if shared.pages.is_some() {
+            return Ok(reply(StatusCode::NOT_FOUND, "not found\n"));
+        }
     }
     if req.method() != Method::POST {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "POST batches only\n"));
     }
-    if let (PROCESS_PATH, Some(hook)) = (req.uri().path(), &shared.on_extproc) {
-        let admitted = shared.gate.as_ref().is_none_or(|admit| admit());
-        return Ok(extproc_stream(req, admitted, Arc::clone(hook)));
+    let extproc = match (req.uri().path(), &shared.on_extproc) {
+        (PROCESS_PATH, Some(hook)) => Some(Arc::clone(hook)),
+        _ => None,
+    };
+    // Before anything is read: a sender without the secret gets nothing
+    // more than the refusal.
+    if !shared.require_headers.allow(req.headers()) {
+        shared
+            .counters
+            .requests_unauthenticated
+            .fetch_add(1, Ordering::Relaxed);
+        return Ok(match extproc {
+            Some(_) => grpc_refusal("16", "missing or wrong authentication header"),
+            None => reply(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong authentication header\n",
+            ),
+        });
+    }
+    if let Some(hook) = extproc {
+        if shared.gate.as_ref().is_some_and(|admit| !admit()) {
+            return Ok(grpc_refusal("14", "analysis is behind"));
+        }
+        return Ok(extproc_stream(req, hook));
     }
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
@@ -697,30 +865,35 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Reply, In
 /// and dropped): Envoy's own client streams bodies whole.
 const EXTPROC_MAX_BODY: usize = 16 << 20;
 
+fn grpc_content_type(response: &mut Reply) {
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/grpc"),
+    );
+}
+
+/// A trailers-only gRPC answer: the status is in the headers, nothing of the
+/// request is read.
+fn grpc_refusal(status: &'static str, message: &'static str) -> Reply {
+    let mut response = reply(StatusCode::OK, "");
+    grpc_content_type(&mut response);
+    let h = response.headers_mut();
+    h.insert(
+        "grpc-status",
+        hyper::header::HeaderValue::from_static(status),
+    );
+    h.insert(
+        "grpc-message",
+        hyper::header::HeaderValue::from_static(message),
+    );
+    response
+}
+
 /// Answers an ext_proc stream: reads its messages as they come, ends the
 /// stream (gRPC status 0) once the response is over or the client
 /// half-closes, then hands the exchange over. In observability mode the
-/// client reads no answer, so none is sent. Refused (`UNAVAILABLE`) when the
-/// analysis is behind.
-fn extproc_stream(req: Request<Incoming>, admitted: bool, hook: ExtProcHook) -> Reply {
-    let grpc = |response: &mut Reply| {
-        response.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("application/grpc"),
-        );
-    };
-    if !admitted {
-        // A trailers-only answer: the status is in the headers.
-        let mut response = reply(StatusCode::OK, "");
-        grpc(&mut response);
-        let h = response.headers_mut();
-        h.insert("grpc-status", hyper::header::HeaderValue::from_static("14"));
-        h.insert(
-            "grpc-message",
-            hyper::header::HeaderValue::from_static("analysis is behind"),
-        );
-        return response;
-    }
+/// client reads no answer, so none is sent.
+fn extproc_stream(req: Request<Incoming>, hook: ExtProcHook) -> Reply {
     let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
     let mut incoming = req.into_body();
     tokio::spawn(async move {
@@ -757,7 +930,16 @@ fn extproc_stream(req: Request<Incoming>, admitted: bool, hook: ExtProcHook) -> 
         });
     });
     let mut response = Response::new(body.boxed());
-    grpc(&mut response);
+    grpc_content_type(&mut response);
+    response
+}
+
+fn page_reply(content_type: &'static str, body: String) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     response
 }
 

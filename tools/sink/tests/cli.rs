@@ -36,8 +36,23 @@ fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 /// Starts the binary with `args`; the child, its stdout lines, and the
 /// address it announced on stderr.
 fn spawn(args: &[&OsStr]) -> (Child, mpsc::Receiver<String>, SocketAddr) {
+    let (child, stdout, _, addr) = spawn_with_env(args, &[]);
+    (child, stdout, addr)
+}
+
+/// [`spawn`] with environment variables; its stderr lines after the first too.
+fn spawn_with_env(
+    args: &[&OsStr],
+    env: &[(&str, &str)],
+) -> (
+    Child,
+    mpsc::Receiver<String>,
+    mpsc::Receiver<String>,
+    SocketAddr,
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_oob-mirror-sink"))
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -50,7 +65,7 @@ fn spawn(args: &[&OsStr]) -> (Child, mpsc::Receiver<String>, SocketAddr) {
         .unwrap_or_else(|| panic!("unexpected first line: {ready}"))
         .parse()
         .unwrap();
-    (child, stdout, addr)
+    (child, stdout, stderr, addr)
 }
 
 #[test]
@@ -221,4 +236,192 @@ fn detect_refuses_a_bad_rule_file_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/rules.conf"), "{err}");
     assert!(!err.contains("listening on"), "{err}");
+}
+
+const NODE_NAME: &str = "node.oob-mirror.test";
+const SECRET: &str = "s3cret-from-a-kubernetes-secret";
+const SECOND: &str = "an0ther-s3cret";
+
+/// A scratch directory with a certificate and key for [`NODE_NAME`], removed on drop.
+struct Certs {
+    dir: std::path::PathBuf,
+    ca: common::pki::Ca,
+}
+
+impl Certs {
+    fn new(tag: &str) -> Certs {
+        let dir = std::env::temp_dir().join(format!("oob-mirror-cli-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = common::pki::Ca::new("oob-mirror test CA");
+        let leaf = ca.issue(&[NODE_NAME]);
+        std::fs::write(dir.join("cert.pem"), &leaf.cert_pem).unwrap();
+        std::fs::write(dir.join("key.pem"), &leaf.key_pem).unwrap();
+        Certs { dir, ca }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// With TLS and required headers: TLS only, batches without the headers refused, the
+/// rest printed, a plaintext attempt said on stderr (once), and neither secret shown
+/// anywhere.
+#[test]
+fn tls_and_required_headers_from_flags_and_the_environment() {
+    let certs = Certs::new("tls");
+    let (cert, key) = (certs.path("cert.pem"), certs.path("key.pem"));
+    let second = format!("x-second:{SECOND}");
+    let mut args = ["--listen", "127.0.0.1:0", "--tls-cert"]
+        .map(OsStr::new)
+        .to_vec();
+    args.extend([cert.as_os_str(), OsStr::new("--tls-key"), key.as_os_str()]);
+    args.extend(
+        [
+            "--require-header-env",
+            "X-OOB-Mirror-Token:SINK_TOKEN",
+            "--require-header",
+            &second,
+        ]
+        .map(OsStr::new),
+    );
+    let (mut child, stdout, stderr, addr) = spawn_with_env(&args, &[("SINK_TOKEN", SECRET)]);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let connector = common::tls_connector(&certs.ca.pem(), &[b"h2", b"http/1.1"]);
+    let post = |extra: &[(&str, &str)]| {
+        rt.block_on(async {
+            let (io, alpn) = common::tls_connect(addr, &connector, NODE_NAME).await?;
+            assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+            common::send_on(io, true, hyper::Method::POST, 2, exchange("tls"), extra).await
+        })
+        .unwrap()
+    };
+    assert_eq!(
+        post(&[("x-oob-mirror-token", SECRET)]),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(&[("x-oob-mirror-token", SECRET), ("x-second", SECOND)]),
+        StatusCode::NO_CONTENT
+    );
+    let request: serde_json::Value =
+        serde_json::from_str(&stdout.recv_timeout(WAIT).unwrap()).unwrap();
+    assert_eq!(
+        (&request["kind"], &request["id"]),
+        (&"request".into(), &"tls".into())
+    );
+
+    assert!(post_blocking(addr, false, 2, exchange("plain")).is_err());
+    let said = stderr.recv_timeout(WAIT).unwrap();
+    assert!(
+        said.starts_with("oob-mirror-sink: TLS handshake from 127.0.0.1:")
+            && said.contains("failed"),
+        "{said}"
+    );
+    // Within the minute, further failures are only counted.
+    assert!(post_blocking(addr, true, 2, exchange("plain")).is_err());
+
+    let (status, metrics) = rt
+        .block_on(async {
+            let (io, _) = common::tls_connect(addr, &connector, NODE_NAME).await?;
+            common::get_on(io, "/metrics").await
+        })
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    for line in [
+        "oob_mirror_node_tls_handshakes_failed_total 2\n",
+        "oob_mirror_node_requests_unauthenticated_total 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in:\n{metrics}");
+    }
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let rest: Vec<String> = stderr.try_iter().collect();
+    assert!(rest.is_empty(), "more on stderr: {rest:?}");
+    let out: Vec<String> = stdout.try_iter().collect();
+    for text in out.iter().chain([&said, &metrics]) {
+        assert!(!text.contains(SECRET) && !text.contains(SECOND), "{text}");
+    }
+}
+
+/// A certificate or key the node cannot use stops it before it listens, with one line
+/// naming the file; a secret given on the same command line is never echoed.
+#[test]
+fn bad_tls_files_stop_the_node_with_one_line() {
+    let certs = Certs::new("bad");
+    std::fs::write(certs.path("garbage.pem"), "not PEM\n").unwrap();
+    let other = certs.ca.issue(&[NODE_NAME]);
+    std::fs::write(certs.path("other-key.pem"), &other.key_pem).unwrap();
+    let secret = format!("x-oob-mirror-token:{SECRET}");
+    for (cert, key, at_fault, says) in [
+        ("cert.pem", "missing.pem", "missing.pem", "cannot read it"),
+        (
+            "garbage.pem",
+            "key.pem",
+            "garbage.pem",
+            "no PEM CERTIFICATE",
+        ),
+        (
+            "cert.pem",
+            "garbage.pem",
+            "garbage.pem",
+            "no PEM private key",
+        ),
+        (
+            "cert.pem",
+            "other-key.pem",
+            "other-key.pem",
+            "does not match",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_oob-mirror-sink"))
+            .args(["--listen", "127.0.0.1:0", "--require-header", &secret])
+            .arg("--tls-cert")
+            .arg(certs.path(cert))
+            .arg("--tls-key")
+            .arg(certs.path(key))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cert} {key}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let path = certs.path(at_fault).display().to_string();
+        assert!(
+            err.starts_with(&format!("oob-mirror-sink: {path}: ")) && err.contains(says),
+            "{err}"
+        );
+        assert!(!err.contains(SECRET) && !err.contains("PRIVATE"), "{err}");
+    }
+    // Flag errors print the usage, which never holds a value either.
+    for args in [
+        vec!["--tls-cert", "c.pem", "--require-header", &secret],
+        vec!["--require-header", &secret, "--help"],
+        vec!["--require-header", SECRET],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_oob-mirror-sink"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("--require-header NAME:VALUE"), "{text}");
+        assert!(!text.contains(SECRET), "{args:?}: {text}");
+    }
 }

@@ -5,6 +5,8 @@
 // only, and a failed write here should fail the test just the same.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod pki;
+
 use std::error::Error;
 use std::net::SocketAddr;
 
@@ -176,6 +178,21 @@ pub async fn send(
     body: Vec<u8>,
 ) -> Result<StatusCode, BoxError> {
     let io = TokioIo::new(TcpStream::connect(addr).await?);
+    send_on(io, h2, method, records, body, &[]).await
+}
+
+/// Sends one batch on an open connection (plain or TLS), with extra headers.
+pub async fn send_on<I>(
+    io: I,
+    h2: bool,
+    method: Method,
+    records: usize,
+    body: Vec<u8>,
+    extra: &[(&str, &str)],
+) -> Result<StatusCode, BoxError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     // HTTP/2 takes the authority from the URI, HTTP/1.1 from `Host`.
     let uri = if h2 {
         "http://oob-mirror/v1/records"
@@ -191,6 +208,9 @@ pub async fn send(
     if !h2 {
         req = req.header("host", "oob-mirror");
     }
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
     let req = req.body(Full::new(Bytes::from(body)))?;
     let status = if h2 {
         let (mut sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
@@ -202,6 +222,61 @@ pub async fn send(
         sender.send_request(req).await?.status()
     };
     Ok(status)
+}
+
+/// `GET path` over HTTP/1.1 on an open connection: status and body as text.
+pub async fn get_on<I>(io: I, path: &str) -> Result<(StatusCode, String), BoxError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let (mut sender, conn) = http1::handshake(io).await?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(path)
+        .header("host", "node")
+        .body(Full::new(Bytes::new()))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A TLS client that trusts only `ca_pem` and offers `alpn`.
+pub fn tls_connector(ca_pem: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// Connects over TLS, checking the node's certificate for `server_name`; the
+/// stream and the protocol agreed by ALPN.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+    server_name: &str,
+) -> Result<
+    (
+        TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+        Option<Vec<u8>>,
+    ),
+    BoxError,
+> {
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())?;
+    let tcp = TcpStream::connect(addr).await?;
+    let tls = connector.connect(name, tcp).await?;
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    Ok((TokioIo::new(tls), alpn))
 }
 
 /// [`post`] from synchronous code.
@@ -219,21 +294,8 @@ pub fn post_blocking(
 
 /// `GET path` over HTTP/1.1: status and body as text.
 pub fn get_blocking(addr: SocketAddr, path: &str) -> Result<(StatusCode, String), BoxError> {
-    use http_body_util::BodyExt;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(async {
-            let io = TokioIo::new(TcpStream::connect(addr).await?);
-            let (mut sender, conn) = http1::handshake(io).await?;
-            tokio::spawn(conn);
-            let req = Request::builder()
-                .uri(path)
-                .header("host", "node")
-                .body(Full::new(Bytes::new()))?;
-            let resp = sender.send_request(req).await?;
-            let status = resp.status();
-            let body = resp.into_body().collect().await?.to_bytes();
-            Ok((status, String::from_utf8_lossy(&body).into_owned()))
-        })
+        .block_on(async { get_on(TokioIo::new(TcpStream::connect(addr).await?), path).await })
 }
