@@ -31,6 +31,12 @@ pub struct Counters {
     pub bodies_truncated: u64,
     pub bodies_truncated_budget: u64,
     pub backoffs: u64,
+    // Exchanges not mirrored, by reason (src/select.rs), and bodies only counted.
+    pub exchanges_skipped_scope: u64,
+    pub exchanges_skipped_sampling: u64,
+    pub exchanges_skipped_rate_limit: u64,
+    pub exchanges_shed: u64,
+    pub bodies_skipped_content_type: u64,
     // ext_proc protocol: one gRPC stream per exchange.
     pub extproc_exchanges: u64,
     pub extproc_streams_opened: u64,
@@ -58,7 +64,7 @@ pub struct Gauges {
 
 impl Counters {
     /// Names and values in one fixed order, shared by metric definition and publication.
-    pub fn named(&self) -> [(&'static str, u64); 23] {
+    pub fn named(&self) -> [(&'static str, u64); 28] {
         [
             ("records_captured", self.records_captured),
             ("records_sent", self.records_sent),
@@ -79,6 +85,20 @@ impl Counters {
             ("bodies_truncated", self.bodies_truncated),
             ("bodies_truncated_budget", self.bodies_truncated_budget),
             ("backoffs", self.backoffs),
+            ("exchanges_skipped_scope", self.exchanges_skipped_scope),
+            (
+                "exchanges_skipped_sampling",
+                self.exchanges_skipped_sampling,
+            ),
+            (
+                "exchanges_skipped_rate_limit",
+                self.exchanges_skipped_rate_limit,
+            ),
+            ("exchanges_shed", self.exchanges_shed),
+            (
+                "bodies_skipped_content_type",
+                self.bodies_skipped_content_type,
+            ),
             ("extproc_exchanges", self.extproc_exchanges),
             ("extproc_streams_opened", self.extproc_streams_opened),
             ("extproc_streams_completed", self.extproc_streams_completed),

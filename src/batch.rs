@@ -138,6 +138,10 @@ impl BatchQueue {
         self.queued_bytes as u64
     }
 
+    pub fn max_queue_bytes(&self) -> u64 {
+        self.max_queue_bytes as u64
+    }
+
     pub fn queued_records(&self) -> u64 {
         self.queued_records
     }

@@ -9,6 +9,8 @@ pub struct BodyCapture {
     /// Set when the bytes were replaced (redaction): `(truncated, cut_by_budget)` of the
     /// bytes as captured, which the replacement's length no longer tells.
     replaced: Option<(bool, bool)>,
+    /// Its media type is only counted (`capture.skip_body_content_types`).
+    skipped: bool,
 }
 
 impl BodyCapture {
@@ -18,7 +20,22 @@ impl BodyCapture {
             cap: usize::try_from(cap).unwrap_or(usize::MAX),
             size: 0,
             replaced: None,
+            skipped: false,
         }
+    }
+
+    /// A body whose bytes are not copied, only counted: it arrives empty, with its true size
+    /// and `truncated` set.
+    pub fn skipped() -> Self {
+        BodyCapture {
+            skipped: true,
+            ..BodyCapture::new(0)
+        }
+    }
+
+    /// Not copied because of its media type (and not empty).
+    pub fn skipped_by_type(&self) -> bool {
+        self.skipped && self.size > 0
     }
 
     /// How many bytes of the next chunk are still worth reading from the host; reading only

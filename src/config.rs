@@ -15,6 +15,46 @@ pub struct Config {
     pub batch: BatchConfig,
     pub ext_proc: ExtProcConfig,
     pub redact: RedactConfig,
+    pub scope: ScopeConfig,
+    pub sampling: SamplingConfig,
+}
+
+/// Which exchanges are mirrored at all (src/select.rs); empty lists select everything.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScopeConfig {
+    /// Paths not mirrored: an entry ending in `/` excludes everything under it, any other
+    /// entry exactly that path; the query string is ignored.
+    pub exclude_paths: Vec<String>,
+    /// Hosts mirrored (the `:authority` without its port, any case; `*.example.com` matches
+    /// its subdomains); empty: every host.
+    pub include_hosts: Vec<String>,
+    /// Methods mirrored (exact); empty: every method.
+    pub methods: Vec<String>,
+}
+
+/// How many of the exchanges in scope are mirrored (src/select.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamplingConfig {
+    /// The share of exchanges mirrored, in millionths (`rate` 0.25 is 250000).
+    pub rate_ppm: u32,
+    /// At most this many exchanges a second per worker; `None`: no ceiling.
+    pub max_per_second: Option<u64>,
+    /// Shed whole exchanges as the batch queue fills, before records would be dropped one by
+    /// one (which leaves halves of exchanges at the node).
+    pub shed: bool,
+}
+
+/// `sampling.rate` 1: every exchange.
+pub const RATE_ALL: u32 = 1_000_000;
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            rate_ppm: RATE_ALL,
+            max_per_second: None,
+            shed: true,
+        }
+    }
 }
 
 /// What is replaced by a keyed marker before a record leaves the worker (src/redact.rs).
@@ -79,6 +119,34 @@ pub struct NodeConfig {
     pub path: String,
     pub timeout_ms: u64,
     pub protocol: Protocol,
+    /// Added to every batch request and to every ext_proc stream's initial metadata (node
+    /// authentication).
+    pub headers: Vec<NodeHeader>,
+}
+
+/// A header for the node; its value is a secret, so `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeHeader {
+    pub name: String,
+    pub value: HeaderValue,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum HeaderValue {
+    Inline(String),
+    /// The VM environment variable holding the value (a Kubernetes Secret through WasmPlugin
+    /// `vmConfig.env`), read when the configuration is applied.
+    Env(String),
+}
+
+impl fmt::Debug for NodeHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = match &self.value {
+            HeaderValue::Inline(_) => "(inline, hidden)".to_owned(),
+            HeaderValue::Env(name) => format!("(from ${name})"),
+        };
+        write!(f, "{}: {value}", self.name)
+    }
 }
 
 /// The ext_proc protocol's settings (used when `node.protocol` is `ext_proc`).
@@ -112,7 +180,29 @@ pub struct CaptureConfig {
     pub response_body_max: u64,
     /// Body bytes all streams of one worker may hold while their records are not yet queued.
     pub max_buffered_bytes: u64,
+    /// Bodies of these media types are counted (true size) but not copied: an entry ending in
+    /// `/` is a whole top-level type (`image/`), any other an exact type (any case).
+    pub skip_body_content_types: Vec<String>,
 }
+
+/// Media that an API analysis does not read: images, audio, video, fonts, archives.
+pub const DEFAULT_SKIP_BODY_CONTENT_TYPES: [&str; 15] = [
+    "image/",
+    "audio/",
+    "video/",
+    "font/",
+    "application/font-woff",
+    "application/vnd.ms-fontobject",
+    "application/zip",
+    "application/gzip",
+    "application/x-gzip",
+    "application/x-tar",
+    "application/x-bzip2",
+    "application/x-xz",
+    "application/x-7z-compressed",
+    "application/vnd.rar",
+    "application/zstd",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchConfig {
@@ -129,6 +219,7 @@ impl Default for CaptureConfig {
             request_body_max: 64 * 1024,
             response_body_max: 64 * 1024,
             max_buffered_bytes: 16 * 1024 * 1024,
+            skip_body_content_types: DEFAULT_SKIP_BODY_CONTENT_TYPES.map(str::to_owned).to_vec(),
         }
     }
 }
@@ -252,6 +343,42 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A list of objects, each read as a section named `name[i]`.
+    fn objects(&self, name: &str, known: &[&str]) -> Result<Vec<Section<'a>>, ConfigError> {
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(Json::Arr(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| Section::new(format!("{}[{i}]", self.field(name)), item, known))
+                .collect(),
+            Some(other) => Err(self.wrong(name, "a list of objects", other)),
+        }
+    }
+
+    fn boolean(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(Json::Bool(on)) => Ok(*on),
+            Some(other) => Err(self.wrong(name, "true or false", other)),
+        }
+    }
+
+    /// A decimal from 0 to 1 with at most six places, in millionths; read without floating
+    /// point, so `0.2` is exactly 200000.
+    fn fraction(&self, name: &str, default: u32) -> Result<u32, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(Json::Num(text)) => millionths(text).ok_or_else(|| {
+                refuse(
+                    &self.field(name),
+                    format!("expected a decimal from 0 to 1 with at most 6 places, found {text}"),
+                )
+            }),
+            Some(other) => Err(self.wrong(name, "a number", other)),
+        }
+    }
+
     fn list(&self, name: &str, default: Vec<String>) -> Result<Vec<String>, ConfigError> {
         match self.get(name) {
             None => Ok(default),
@@ -265,6 +392,29 @@ impl<'a> Section<'a> {
             Some(other) => Err(self.wrong(name, "a list of strings", other)),
         }
     }
+}
+
+/// `0`, `1`, `0.25`, `1.000`: the value in millionths, if it is from 0 to 1 with at most six
+/// decimal places.
+fn millionths(text: &str) -> Option<u32> {
+    let (whole, places) = text.split_once('.').unwrap_or((text, ""));
+    if places.len() > 6
+        || (places.is_empty() && text.contains('.'))
+        || !places.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole: u32 = match whole {
+        "0" => 0,
+        "1" => 1,
+        _ => return None,
+    };
+    let mut fraction = 0u32;
+    for digit in places.bytes().chain(std::iter::repeat(b'0')).take(6) {
+        fraction = fraction * 10 + u32::from(digit - b'0');
+    }
+    let value = whole * RATE_ALL + fraction;
+    (value <= RATE_ALL).then_some(value)
 }
 
 fn refuse(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -294,9 +444,18 @@ impl Config {
         let root = Section::new(
             String::new(),
             json,
-            &["node", "capture", "batch", "ext_proc", "redact"],
+            &[
+                "node", "capture", "batch", "ext_proc", "redact", "scope", "sampling",
+            ],
         )?;
-        let known = ["cluster", "authority", "path", "timeout_ms", "protocol"];
+        let known = [
+            "cluster",
+            "authority",
+            "path",
+            "timeout_ms",
+            "protocol",
+            "headers",
+        ];
         let node = root
             .section("node", &known)?
             .ok_or_else(|| refuse("node", "missing field `node`"))?;
@@ -322,6 +481,7 @@ impl Config {
                 .unwrap_or_else(|| "/v1/records".to_owned()),
             timeout_ms: node.number("timeout_ms", 1000)?,
             protocol,
+            headers: node_headers(&node)?,
         };
 
         let (c, b, e) = (
@@ -333,13 +493,17 @@ impl Config {
             "request_body_max",
             "response_body_max",
             "max_buffered_bytes",
+            "skip_body_content_types",
         ];
+        // The content-type list replaces the default (mirroring images is a choice, not a leak).
         let capture = match root.section("capture", &known)? {
             None => c,
             Some(s) => CaptureConfig {
                 request_body_max: s.number("request_body_max", c.request_body_max)?,
                 response_body_max: s.number("response_body_max", c.response_body_max)?,
                 max_buffered_bytes: s.number("max_buffered_bytes", c.max_buffered_bytes)?,
+                skip_body_content_types: s
+                    .list("skip_body_content_types", c.skip_body_content_types)?,
             },
         };
         let known = [
@@ -381,15 +545,32 @@ impl Config {
         let redact = match root.section("redact", &known)? {
             None => r,
             Some(s) => RedactConfig {
-                enabled: match s.get("enabled") {
-                    None => true,
-                    Some(Json::Bool(on)) => *on,
-                    Some(other) => return Err(s.wrong("enabled", "true or false", other)),
-                },
+                enabled: s.boolean("enabled", true)?,
                 headers: [r.headers, s.list("headers", Vec::new())?].concat(),
                 query_params: [r.query_params, s.list("query_params", Vec::new())?].concat(),
                 body_fields: [r.body_fields, s.list("body_fields", Vec::new())?].concat(),
                 key_env: s.string("key_env")?.unwrap_or(r.key_env),
+            },
+        };
+        let known = ["exclude_paths", "include_hosts", "methods"];
+        let scope = match root.section("scope", &known)? {
+            None => ScopeConfig::default(),
+            Some(s) => ScopeConfig {
+                exclude_paths: s.list("exclude_paths", Vec::new())?,
+                include_hosts: s.list("include_hosts", Vec::new())?,
+                methods: s.list("methods", Vec::new())?,
+            },
+        };
+        let d = SamplingConfig::default();
+        let sampling = match root.section("sampling", &["rate", "max_per_second", "shed"])? {
+            None => d,
+            Some(s) => SamplingConfig {
+                rate_ppm: s.fraction("rate", d.rate_ppm)?,
+                max_per_second: match s.get("max_per_second") {
+                    None => None,
+                    Some(_) => Some(s.number("max_per_second", 0)?),
+                },
+                shed: s.boolean("shed", d.shed)?,
             },
         };
         Ok(Config {
@@ -398,6 +579,8 @@ impl Config {
             batch,
             ext_proc,
             redact,
+            scope,
+            sampling,
         })
     }
 
@@ -443,7 +626,80 @@ impl Config {
             self.capture.response_body_max,
             64 << 20,
         )?;
-        self.check_ext_proc()
+        self.check_ext_proc()?;
+        self.check_selection()
+    }
+
+    fn check_selection(&self) -> Result<(), ConfigError> {
+        let scope = &self.scope;
+        for path in &scope.exclude_paths {
+            if !path.starts_with('/') || path.contains('?') {
+                return Err(refuse(
+                    "scope.exclude_paths",
+                    format!("{path:?}: a path starts with '/' and has no query"),
+                ));
+            }
+        }
+        for host in &scope.include_hosts {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            if name.is_empty() || name.contains(['*', ':', '/']) {
+                return Err(refuse(
+                    "scope.include_hosts",
+                    format!("{host:?}: a host name, or `*.` and a domain, without port"),
+                ));
+            }
+        }
+        for method in &scope.methods {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(refuse(
+                    "scope.methods",
+                    format!("{method:?}: a method is letters, such as GET"),
+                ));
+            }
+        }
+        for media in &self.capture.skip_body_content_types {
+            let (top, sub) = media.split_once('/').unwrap_or(("", ""));
+            if top.is_empty() || sub.contains('/') || media.contains([';', ' ']) {
+                return Err(refuse(
+                    "capture.skip_body_content_types",
+                    format!("{media:?}: a media type such as image/png, or a type and '/'"),
+                ));
+            }
+        }
+        if self.sampling.max_per_second == Some(0) {
+            return Err(refuse(
+                "sampling.max_per_second",
+                "must be greater than 0 (to mirror nothing, set sampling.rate to 0)",
+            ));
+        }
+        for (i, header) in self.node.headers.iter().enumerate() {
+            let field = format!("node.headers[{i}].name");
+            let name = &header.name;
+            let token = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+            if name.is_empty() || !name.bytes().all(token) {
+                return Err(refuse(&field, "lowercase letters, digits and '-'"));
+            }
+            if RESERVED_HEADERS.contains(&name.as_str()) {
+                return Err(refuse(&field, format!("`{name}` is set by oob-mirror")));
+            }
+            match &header.value {
+                HeaderValue::Env(var) if var.is_empty() => {
+                    return Err(refuse(
+                        &format!("node.headers[{i}].value_env"),
+                        "must not be empty",
+                    ));
+                }
+                // Never echoed: the value is a secret.
+                HeaderValue::Inline(value) if !valid_header_value(value) => {
+                    return Err(refuse(
+                        &format!("node.headers[{i}].value"),
+                        "must not be empty nor hold control characters",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn check_ext_proc(&self) -> Result<(), ConfigError> {
@@ -476,6 +732,46 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Headers of the requests to the node that a configuration may not set.
+const RESERVED_HEADERS: [&str; 8] = [
+    "host",
+    "content-type",
+    "content-length",
+    "te",
+    "grpc-timeout",
+    "x-oob-mirror-version",
+    "x-oob-mirror-records",
+    "transfer-encoding",
+];
+
+/// A value Envoy sends as it is: not empty, no control characters (a line break would end it).
+pub fn valid_header_value(value: &str) -> bool {
+    !value.is_empty() && !value.chars().any(|c| c.is_control() && c != '\t')
+}
+
+/// `node.headers`: each `{"name", "value"}` or `{"name", "value_env"}`.
+fn node_headers(node: &Section) -> Result<Vec<NodeHeader>, ConfigError> {
+    node.objects("headers", &["name", "value", "value_env"])?
+        .iter()
+        .map(|h| {
+            let name = h
+                .string("name")?
+                .ok_or_else(|| refuse(&h.field("name"), "missing field `name`"))?;
+            let value = match (h.string("value")?, h.string("value_env")?) {
+                (Some(value), None) => HeaderValue::Inline(value),
+                (None, Some(var)) => HeaderValue::Env(var),
+                _ => {
+                    return Err(refuse(
+                        &h.path,
+                        "needs exactly one of `value` and `value_env`",
+                    ))
+                }
+            };
+            Ok(NodeHeader { name, value })
+        })
+        .collect()
 }
 
 fn positive(field: &str, value: u64) -> Result<(), ConfigError> {
@@ -620,6 +916,132 @@ mod tests {
     }
 
     #[test]
+    fn selection_sections_are_read_and_checked() {
+        let config = Config::parse(
+            br#"{"node":{"cluster":"n"},
+                 "scope":{"exclude_paths":["/health","/static/"],"include_hosts":["*.a.test"],
+                          "methods":["GET"]},
+                 "sampling":{"rate":0.25,"max_per_second":100,"shed":false},
+                 "capture":{"skip_body_content_types":["image/"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.scope.exclude_paths, ["/health", "/static/"]);
+        assert_eq!(config.sampling.rate_ppm, 250_000);
+        assert_eq!(config.sampling.max_per_second, Some(100));
+        assert!(!config.sampling.shed);
+        assert_eq!(config.capture.skip_body_content_types, ["image/"]);
+        let default = Config::parse(br#"{"node":{"cluster":"n"}}"#).unwrap();
+        assert_eq!(default.sampling, SamplingConfig::default());
+        assert_eq!(default.sampling.rate_ppm, 1_000_000);
+        assert!(default.sampling.shed);
+        assert_eq!(default.scope, ScopeConfig::default());
+        assert_eq!(default.capture.skip_body_content_types.len(), 15);
+        for (text, ppm) in [
+            ("0", 0),
+            ("1", 1_000_000),
+            ("1.0", 1_000_000),
+            ("0.2", 200_000),
+            ("0.000001", 1),
+            ("0.123456", 123_456),
+        ] {
+            assert_eq!(millionths(text), Some(ppm), "{text}");
+        }
+        for text in [
+            "1.1",
+            "2",
+            "-0.5",
+            "0.1234567",
+            "2e-1",
+            ".5",
+            "0.",
+            "00.5",
+            "1.000001",
+        ] {
+            assert_eq!(millionths(text), None, "{text}");
+        }
+        for (json, field) in [
+            (r#""sampling":{"rate":1.5}"#, "sampling.rate"),
+            (r#""sampling":{"rate":"0.5"}"#, "sampling.rate"),
+            (
+                r#""sampling":{"max_per_second":0}"#,
+                "sampling.max_per_second",
+            ),
+            (r#""sampling":{"shed":1}"#, "sampling.shed"),
+            (r#""sampling":{"ratio":1}"#, "sampling.ratio"),
+            (
+                r#""scope":{"exclude_paths":["health"]}"#,
+                "scope.exclude_paths",
+            ),
+            (
+                r#""scope":{"exclude_paths":["/a?b"]}"#,
+                "scope.exclude_paths",
+            ),
+            (
+                r#""scope":{"include_hosts":["a.test:80"]}"#,
+                "scope.include_hosts",
+            ),
+            (
+                r#""scope":{"include_hosts":["a.*.test"]}"#,
+                "scope.include_hosts",
+            ),
+            (r#""scope":{"methods":["GET "]}"#, "scope.methods"),
+            (
+                r#""capture":{"skip_body_content_types":["image"]}"#,
+                "capture.skip_body_content_types",
+            ),
+        ] {
+            let text = format!(r#"{{"node":{{"cluster":"n"}},{json}}}"#);
+            assert_eq!(field_of(&text), field, "{text}");
+        }
+    }
+
+    #[test]
+    fn node_headers_are_read_and_their_values_never_shown() {
+        let config = Config::parse(
+            br#"{"node":{"cluster":"n","headers":[{"name":"authorization","value":"Bearer s3cr3t"},
+                 {"name":"x-node-key","value_env":"NODE_KEY"}]}}"#,
+        )
+        .unwrap();
+        let headers = &config.node.headers;
+        assert_eq!(headers[0].name, "authorization");
+        assert!(headers[0].value == HeaderValue::Inline("Bearer s3cr3t".into()));
+        assert!(headers[1].value == HeaderValue::Env("NODE_KEY".into()));
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+        for (headers, field) in [
+            (r#"[{"name":"x"}]"#, "node.headers[0]"),
+            (
+                r#"[{"name":"x","value":"a","value_env":"B"}]"#,
+                "node.headers[0]",
+            ),
+            (r#"[{"value":"a"}]"#, "node.headers[0].name"),
+            (r#"[{"name":"X-Key","value":"a"}]"#, "node.headers[0].name"),
+            (
+                r#"[{"name":"content-type","value":"a"}]"#,
+                "node.headers[0].name",
+            ),
+            (
+                r#"[{"name":"x","value":"a"},{"name":"y","value":"a\nb"}]"#,
+                "node.headers[1].value",
+            ),
+            (
+                r#"[{"name":"x","value_env":""}]"#,
+                "node.headers[0].value_env",
+            ),
+            (
+                r#"[{"name":"x","value":"a","extra":1}]"#,
+                "node.headers[0].extra",
+            ),
+            (r#"["x: a"]"#, "node.headers[0]"),
+            (r#"{"name":"x"}"#, "node.headers"),
+        ] {
+            let text = format!(r#"{{"node":{{"cluster":"n","headers":{headers}}}}}"#);
+            let err = Config::parse(text.as_bytes()).unwrap_err();
+            assert_eq!(err.field, field, "{text}");
+            assert!(!err.to_string().contains("a\nb"), "{err}");
+        }
+    }
+
+    #[test]
     fn message_reads_as_one_line() {
         let err = Config::parse(br#"{"node":{"cluster":" "}}"#).unwrap_err();
         assert_eq!(err.to_string(), "node.cluster: must not be empty");
@@ -690,7 +1112,7 @@ mod tests {
         let err = Config::parse(br#"{"node":{"clustr":"n"}}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "node.clustr: unknown field `clustr`, expected one of `cluster`, `authority`, `path`, `timeout_ms`, `protocol`"
+            "node.clustr: unknown field `clustr`, expected one of `cluster`, `authority`, `path`, `timeout_ms`, `protocol`, `headers`"
         );
         // Brackets inside strings are text, not arrays.
         let config = Config::parse(br#"{"node":{"cluster":"outbound|9090||[x]\"]"}}"#).unwrap();

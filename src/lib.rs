@@ -18,6 +18,7 @@ pub mod json;
 pub mod record;
 pub mod redact;
 pub mod request_id;
+pub mod select;
 pub mod sha256;
 pub mod shipper;
 

@@ -117,7 +117,9 @@ impl Shipper {
 
     fn admit(&mut self, body: &BodyCapture, now_ms: u64) {
         self.counters.records_captured += 1;
-        if body.truncated() {
+        if body.skipped_by_type() {
+            self.counters.bodies_skipped_content_type += 1;
+        } else if body.truncated() {
             self.counters.bodies_truncated += 1;
         }
         if body.cut_by_budget() {
@@ -215,6 +217,11 @@ impl Shipper {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Bytes waiting in the queue and its bound: how full it is, for shedding.
+    pub fn queue_fill(&self) -> (u64, u64) {
+        (self.queue.queued_bytes(), self.queue.max_queue_bytes())
     }
 
     pub fn gauges(&self) -> Gauges {
@@ -372,6 +379,21 @@ mod tests {
         assert_eq!(s.counters().records_dropped_queue_full, 1);
         assert_balanced(&s);
         assert_eq!(FAILURES_BEFORE_BACKOFF, 3);
+    }
+
+    #[test]
+    fn skipped_bodies_are_counted_apart_from_truncated_ones() {
+        let mut s = Shipper::new(&config(10), None);
+        let mut r = request("s");
+        r.body = BodyCapture::skipped();
+        r.body.add(500, b"");
+        s.capture_request(&mut r, 0);
+        r.body = BodyCapture::skipped();
+        s.capture_request(&mut r, 0);
+        assert_eq!(s.counters().bodies_skipped_content_type, 1);
+        assert_eq!(s.counters().bodies_truncated, 0);
+        assert_eq!(s.queue_fill().1, 8 << 20);
+        assert!(s.queue_fill().0 > 0);
     }
 
     #[test]

@@ -252,7 +252,8 @@ fn full_queue_drops_are_counted() {
         &EnvoyConfig::new(upstream.port(), node.port())
             .plugin(
                 r#"{"node":{"cluster":"oob_mirror_node","timeout_ms":1000},
-                    "batch":{"flush_ms":20,"max_inflight":1,"max_bytes":4096,"max_queue_bytes":8192}}"#,
+                    "batch":{"flush_ms":20,"max_inflight":1,"max_bytes":4096,"max_queue_bytes":8192},
+                    "sampling":{"shed":false}}"#,
             )
             .concurrency(1),
     );

@@ -1,6 +1,7 @@
 //! A node that answers only after the filter's timeout, under sustained load, with a small
 //! queue: the queue fills and stays within `batch.max_queue_bytes` per worker, the records
 //! that do not fit are dropped and counted, and every client is still served by the upstream.
+//! Shedding is off here, so the queue reaches its bound (tests/e2e_scope.rs tests shedding).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -54,7 +55,8 @@ fn slow_node_fills_the_queue_to_its_bound_and_drops_are_counted() {
         c.plugin(format!(
             r#"{{"node":{{"cluster":"oob_mirror_node","timeout_ms":{TIMEOUT_MS}}},
                 "batch":{{"flush_ms":20,"max_bytes":{MAX_BATCH_BYTES},
-                          "max_queue_bytes":{MAX_QUEUE_BYTES}}}}}"#
+                          "max_queue_bytes":{MAX_QUEUE_BYTES}}},
+                "sampling":{{"shed":false}}}}"#
         ))
         .concurrency(WORKERS)
     });

@@ -245,6 +245,11 @@ impl Streams {
         self.counters.bodies_truncated += 1;
     }
 
+    /// A body of a media type only counted (`capture.skip_body_content_types`).
+    pub fn body_skipped(&mut self) {
+        self.counters.bodies_skipped_content_type += 1;
+    }
+
     /// Only the ext_proc counters and `backoffs`, `bodies_truncated` move in this mode.
     pub fn counters(&self) -> &Counters {
         &self.counters

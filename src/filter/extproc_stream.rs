@@ -9,6 +9,7 @@ use crate::extproc::attributes::{self, Value};
 use crate::extproc::encode::{processing_request, Direction, Part};
 use crate::extproc::streams::Delivery;
 use crate::redact::{Redactor, Stream};
+use crate::select::skip_body;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, MapType};
 
@@ -21,6 +22,8 @@ struct BodyProgress {
     redact: Option<Stream>,
     /// A JSON or form body sent compressed: its bytes are not sent (they cannot be redacted).
     withhold: bool,
+    /// Its media type is only counted (`capture.skip_body_content_types`): not sent either.
+    skipped: bool,
 }
 
 pub struct ExtProcStream {
@@ -102,12 +105,18 @@ impl ExtProcStream {
     fn headers(&mut self, direction: Direction, mut headers: Vec<(String, Vec<u8>)>, eos: bool) {
         let attributes = self.attributes(direction);
         if let Ok(worker) = self.worker.try_borrow() {
+            let progress = match direction {
+                Direction::Request => &mut self.request_body,
+                Direction::Response => &mut self.response_body,
+            };
+            let content_type = headers
+                .iter()
+                .find(|(n, _)| n == "content-type")
+                .map(|(_, v)| v.as_slice());
+            progress.skipped =
+                skip_body(&worker.config.capture.skip_body_content_types, content_type);
             if let Some(r) = &worker.redactor {
                 let (kind, encoded) = Redactor::body_of(&headers);
-                let progress = match direction {
-                    Direction::Request => &mut self.request_body,
-                    Direction::Response => &mut self.response_body,
-                };
                 progress.withhold = kind.is_some() && encoded;
                 progress.redact = kind.map(|k| r.body_stream(k));
                 r.headers(&mut headers);
@@ -153,6 +162,7 @@ impl ExtProcStream {
             Direction::Response => &mut self.response_body,
         };
         let room = cap.saturating_sub(progress.sent);
+        let room = if progress.skipped { 0 } else { room };
         let wanted = usize::try_from(room).unwrap_or(usize::MAX).min(chunk_len);
         progress.size = progress.size.saturating_add(chunk_len as u64);
         let chunk = if wanted > 0 {
@@ -203,7 +213,9 @@ impl ExtProcStream {
                 return;
             };
             for body in [&self.request_body, &self.response_body] {
-                if body.size > body.sent {
+                if body.skipped && body.size > 0 {
+                    worker.streams.body_skipped();
+                } else if body.size > body.sent {
                     worker.streams.body_truncated();
                 }
             }
@@ -230,13 +242,25 @@ impl Drop for ExtProcStream {
 /// Envoy's callbacks, through [`super::context::StreamContext`].
 impl ExtProcStream {
     pub fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        self.key = self
-            .worker
-            .try_borrow_mut()
-            .ok()
-            .and_then(|mut worker| worker.streams.begin(now_ms()));
+        let headers = header_map(MapType::HttpRequestHeaders);
+        let value = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(&[][..], |(_, v)| v.as_slice())
+        };
+        let (method, authority, path) = (value(":method"), value(":authority"), value(":path"));
+        // No batch queue to shed for: streams beyond ext_proc.max_streams are whole exchanges
+        // dropped already.
+        self.key = self.worker.try_borrow_mut().ok().and_then(|mut worker| {
+            let now = now_ms();
+            worker
+                .select
+                .admit(method, authority, path, now, None)
+                .then(|| worker.streams.begin(now))
+                .flatten()
+        });
         if self.key.is_some() {
-            let headers = header_map(MapType::HttpRequestHeaders);
             self.headers(Direction::Request, headers, end_of_stream);
         }
         Action::Continue

@@ -8,7 +8,7 @@ use super::metrics::Metrics;
 use super::stream::MirrorStream;
 use super::worker::{SharedWorker, Worker};
 use crate::accounting::Gauges;
-use crate::config::{Config, Protocol};
+use crate::config::{valid_header_value, Config, ConfigError, HeaderValue, NodeHeader, Protocol};
 use crate::extproc::encode::grpc_service;
 use crate::failure_log::{Level, Reason};
 use crate::redact::Redactor;
@@ -34,6 +34,8 @@ pub struct MirrorRoot {
     grpc_service: String,
     /// The configured protocol: which transport the tick drives and which stream type serves.
     protocol: Protocol,
+    /// `node.headers` with their values resolved (secrets: never logged).
+    node_headers: Vec<(String, String)>,
 }
 
 impl MirrorRoot {
@@ -52,7 +54,7 @@ impl MirrorRoot {
                 break;
             };
             let records = batch.records.to_string();
-            let headers = vec![
+            let mut headers = vec![
                 (":method", "POST"),
                 (":path", node.path.as_str()),
                 (":authority", node.authority.as_str()),
@@ -60,6 +62,11 @@ impl MirrorRoot {
                 ("x-oob-mirror-version", "1"),
                 ("x-oob-mirror-records", records.as_str()),
             ];
+            headers.extend(
+                self.node_headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            );
             match hostcalls::dispatch_http_call(
                 &node.cluster,
                 headers,
@@ -84,10 +91,15 @@ impl MirrorRoot {
         };
         let now = now_ms();
         let service = self.grpc_service.as_str();
+        let metadata = &self.node_headers;
         worker.streams.flush(
             now,
             || {
-                hostcalls::open_grpc_stream(service, EXT_PROC_SERVICE, EXT_PROC_METHOD, vec![])
+                let metadata = metadata
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_bytes()))
+                    .collect();
+                hostcalls::open_grpc_stream(service, EXT_PROC_SERVICE, EXT_PROC_METHOD, metadata)
                     .map_err(refusal)
             },
             |token, message| {
@@ -123,21 +135,22 @@ impl MirrorRoot {
         let Ok(worker) = worker.try_borrow() else {
             return;
         };
-        let (counters, gauges) = match self.protocol {
-            Protocol::Batch => (worker.shipper.counters(), worker.shipper.gauges()),
+        let (mut counters, gauges) = match self.protocol {
+            Protocol::Batch => (*worker.shipper.counters(), worker.shipper.gauges()),
             Protocol::ExtProc => (
-                worker.streams.counters(),
+                *worker.streams.counters(),
                 Gauges {
                     extproc_streams_active: worker.streams.active(),
                     ..Gauges::default()
                 },
             ),
         };
+        worker.select.add_to(&mut counters);
         let gauges = Gauges {
             wasm_memory_bytes: linear_memory_bytes(),
             ..gauges
         };
-        self.metrics.publish(counters, &gauges);
+        self.metrics.publish(&counters, &gauges);
     }
 }
 
@@ -198,6 +211,13 @@ impl RootContext for MirrorRoot {
                 return false;
             }
         };
+        self.node_headers = match resolve_headers(&config.node.headers) {
+            Ok(headers) => headers,
+            Err(err) => {
+                error!("oob-mirror: invalid configuration: {err}");
+                return false;
+            }
+        };
         // One line per worker that says where records go, for whoever reads Envoy's log.
         match config.node.protocol {
             Protocol::Batch => log::info!(
@@ -224,7 +244,7 @@ impl RootContext for MirrorRoot {
         let seed = random_seed();
         self.protocol = config.node.protocol;
         let redactor = Redactor::new(&config.redact, redaction_key(&config.redact.key_env));
-        let worker = Worker::shared(config, seed, redactor);
+        let worker = Worker::shared(config, seed, random_seed(), redactor);
         if self.protocol == Protocol::ExtProc {
             // One queue per VM: Envoy keys queues by VM id and name, and every worker's VM has
             // the same id.
@@ -288,6 +308,35 @@ fn refusal(status: Status) -> (Reason, String) {
         ),
         other => (Reason::Refused, format!(" ({other:?})")),
     }
+}
+
+/// `node.headers` with the values of those read from the VM environment. A header whose
+/// variable is missing refuses the configuration: sending without it would only be refused by
+/// the node. The error names the variable, never a value.
+fn resolve_headers(headers: &[NodeHeader]) -> Result<Vec<(String, String)>, ConfigError> {
+    headers
+        .iter()
+        .enumerate()
+        .map(|(i, header)| {
+            let value = match &header.value {
+                HeaderValue::Inline(value) => value.clone(),
+                HeaderValue::Env(var) => {
+                    let value = std::env::var(var).unwrap_or_default();
+                    if !valid_header_value(&value) {
+                        return Err(ConfigError {
+                            field: format!("node.headers[{i}].value_env"),
+                            reason: format!(
+                                "the VM environment has no usable {var} (missing, empty or \
+                                 holding control characters; see vmConfig.env)"
+                            ),
+                        });
+                    }
+                    value
+                }
+            };
+            Ok((header.name.clone(), value))
+        })
+        .collect()
 }
 
 /// The key of the redaction markers: the VM environment variable `name` (a Kubernetes Secret

@@ -8,6 +8,7 @@ use super::worker::SharedWorker;
 use crate::body::BodyCapture;
 use crate::connection_facts::ConnectionFacts;
 use crate::record::{header_text, split_pseudo_headers, RequestRecord, ResponseRecord};
+use crate::select::skip_body;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, MapType};
 
@@ -20,6 +21,8 @@ pub struct MirrorStream {
     id: String,
     response: ResponseRecord,
     response_started: bool,
+    /// Not mirrored (scope, sampling, shedding): nothing more is read.
+    skipped: bool,
     /// Body bytes this stream holds from the worker's capture budget.
     held: usize,
 }
@@ -34,6 +37,7 @@ impl MirrorStream {
             id: String::new(),
             response: ResponseRecord::default(),
             response_started: false,
+            skipped: false,
             held: 0,
         }
     }
@@ -105,14 +109,56 @@ impl MirrorStream {
             .unwrap_or_default()
     }
 
-    fn start_request(&mut self, ts_ns: u64) {
+    /// Whether this exchange is mirrored; decided once, from its request pseudo-headers.
+    fn admit(&self, pseudo: &[(String, Vec<u8>)], ts_ns: u64) -> bool {
+        let value = |name: &str| {
+            pseudo
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(&[][..], |(_, v)| v.as_slice())
+        };
+        self.worker
+            .as_ref()
+            .and_then(|w| w.try_borrow_mut().ok())
+            .is_some_and(|mut w| {
+                let fill = w.shipper.queue_fill();
+                let now_ms = ns_to_ms(ts_ns);
+                let (method, authority, path) =
+                    (value(":method"), value(":authority"), value(":path"));
+                w.select.admit(method, authority, path, now_ms, Some(fill))
+            })
+    }
+
+    /// Whether bodies with this direction's `content-type` are only counted.
+    fn skips_body(&self, headers: &[(String, Vec<u8>)]) -> bool {
+        let content_type = headers
+            .iter()
+            .find(|(n, _)| n == "content-type")
+            .map(|(_, v)| v.as_slice());
+        self.worker
+            .as_ref()
+            .and_then(|w| w.try_borrow().ok())
+            .is_some_and(|w| skip_body(&w.config.capture.skip_body_content_types, content_type))
+    }
+
+    /// Starts the request record; false when the exchange is not mirrored.
+    fn start_request(&mut self, ts_ns: u64) -> bool {
         let (pseudo, headers) = split_pseudo_headers(header_map(MapType::HttpRequestHeaders));
+        if !self.admit(&pseudo, ts_ns) {
+            self.skipped = true;
+            return false;
+        }
         // Always ours, never the client's x-request-id (which stays in the headers): a client
         // could otherwise pair its request with another exchange's response at the node.
         let id = self.next_id();
         let (request_cap, response_cap) = self.body_caps();
         let connection = self.connection_facts();
         let text = |name| header_text(&pseudo, name).unwrap_or_default();
+        let body = if self.skips_body(&headers) {
+            BodyCapture::skipped()
+        } else {
+            BodyCapture::new(request_cap)
+        };
         self.request = Some(RequestRecord {
             id: id.clone(),
             ts_ns,
@@ -126,12 +172,18 @@ impl MirrorStream {
             tls: connection.tls,
             headers,
             trailers: Vec::new(),
-            body: BodyCapture::new(request_cap),
+            body,
             complete: false,
         });
         self.response.body = BodyCapture::new(response_cap);
         self.request_ts_ns = ts_ns;
         self.id = id;
+        true
+    }
+
+    /// The stream is mirrored (a worker, and not skipped).
+    fn mirrored(&self) -> bool {
+        self.worker.is_some() && !self.skipped
     }
 
     /// Queues the request record at `at_ns`; called once, at the request's end or the stream's.
@@ -198,8 +250,7 @@ impl MirrorStream {
     pub fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.worker.is_some() {
             let ts_ns = now_ns();
-            self.start_request(ts_ns);
-            if end_of_stream {
+            if self.start_request(ts_ns) && end_of_stream {
                 self.queue_request(true, ts_ns);
             }
         }
@@ -233,8 +284,11 @@ impl MirrorStream {
     }
 
     pub fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if self.worker.is_some() {
+        if self.mirrored() {
             let (pseudo, headers) = split_pseudo_headers(header_map(MapType::HttpResponseHeaders));
+            if self.skips_body(&headers) {
+                self.response.body = BodyCapture::skipped();
+            }
             self.response.ts_ns = now_ns();
             self.response.status = header_text(&pseudo, ":status")
                 .and_then(|s| s.parse().ok())
@@ -265,7 +319,7 @@ impl MirrorStream {
     }
 
     pub fn on_log(&mut self) {
-        if self.worker.is_some() {
+        if self.mirrored() {
             let end_ns = now_ns();
             self.queue_request(false, end_ns);
             self.queue_response(end_ns);

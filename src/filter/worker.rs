@@ -6,6 +6,7 @@ use crate::connection_facts::ConnectionFactsCache;
 use crate::extproc::streams::Streams;
 use crate::redact::Redactor;
 use crate::request_id::IdGenerator;
+use crate::select::Selector;
 use crate::shipper::Shipper;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -15,6 +16,8 @@ pub struct Worker {
     pub config: Config,
     pub shipper: Shipper,
     pub ids: IdGenerator,
+    /// Which exchanges are mirrored (scope, sampling, shedding).
+    pub select: Selector,
     /// Replaces secrets before they leave (ext_proc mode uses it per message; the shipper has
     /// its own copy).
     pub redactor: Option<Redactor>,
@@ -34,11 +37,19 @@ pub type SharedWorker = Rc<RefCell<Worker>>;
 const REMEMBERED_CONNECTIONS: usize = 1024;
 
 impl Worker {
-    pub fn shared(config: Config, seed: u64, redactor: Option<Redactor>) -> SharedWorker {
+    /// `sample_seed` is drawn apart from the ids' `seed`: ids show theirs, sampling must not be
+    /// predictable.
+    pub fn shared(
+        config: Config,
+        seed: u64,
+        sample_seed: u64,
+        redactor: Option<Redactor>,
+    ) -> SharedWorker {
         Rc::new(RefCell::new(Worker {
             shipper: Shipper::new(&config, redactor.clone()),
             redactor,
             ids: IdGenerator::new(seed),
+            select: Selector::new(&config, sample_seed),
             budget: CaptureBudget::new(config.capture.max_buffered_bytes),
             connections: ConnectionFactsCache::new(REMEMBERED_CONNECTIONS),
             streams: Streams::new(

@@ -40,7 +40,7 @@ pub struct Req {
     pub method: String,
     /// Path with query string.
     pub path: String,
-    /// In order; the HTTP/1.1 `host` header is added first automatically.
+    /// In order; the HTTP/1.1 `host` header is added first automatically unless one is here.
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: ReqBody,
     /// Request trailers (HTTP/2 only).
@@ -164,7 +164,12 @@ fn build_request(addr: SocketAddr, req: &Req) -> Result<Request<ReqBodyType>, St
         Proto::H2 => format!("http://{addr}{}", req.path),
     };
     let mut builder = Request::builder().method(req.method.as_str()).uri(uri);
-    if req.proto == Proto::H1 {
+    // A request may name its own host (the `:authority` Envoy sees).
+    let own_host = req
+        .headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("host"));
+    if req.proto == Proto::H1 && !own_host {
         builder = builder.header("host", addr.to_string());
     }
     for (n, v) in &req.headers {

@@ -3,6 +3,7 @@
 //!
 //! Routes:
 //! - `/download/<n>`: `n` bytes of [`pattern`];
+//! - `/image/<n>`: the same as `image/png`;
 //! - `/stream/<ms>`: [`STREAM_CHUNKS`] chunks spread over `<ms>` milliseconds;
 //! - `/trailers`: body [`TRAILERS_BODY`], plus trailer `x-checksum: abc` to an
 //!   HTTP/2 client;
@@ -214,6 +215,11 @@ async fn handle(
             "application/octet-stream",
             full(pattern(n)),
         ));
+    }
+    if let Some(n) = path.strip_prefix("/image/") {
+        let n: usize = n.parse().unwrap_or(0);
+        let _ = req.into_body().collect().await;
+        return Ok(response(StatusCode::OK, "image/png", full(pattern(n))));
     }
     if let Some(ms) = path.strip_prefix("/stream/") {
         let ms: u64 = ms.parse().unwrap_or(0);
