@@ -69,6 +69,9 @@ pub struct EnvoyConfig {
     pub extra_clusters: Vec<Value>,
     /// Environment variables of the filter's VM (`vm_config.environment_variables`).
     pub vm_env: Vec<(String, String)>,
+    /// The node cluster originates TLS: the CA file it trusts and the name it sends as SNI
+    /// and checks in the certificate's DNS SANs.
+    pub node_tls: Option<(PathBuf, String)>,
 }
 
 impl EnvoyConfig {
@@ -86,6 +89,7 @@ impl EnvoyConfig {
             extra_routes: Vec::new(),
             extra_clusters: Vec::new(),
             vm_env: Vec::new(),
+            node_tls: None,
         }
     }
 
@@ -103,6 +107,7 @@ impl EnvoyConfig {
             extra_routes: Vec::new(),
             extra_clusters: Vec::new(),
             vm_env: Vec::new(),
+            node_tls: None,
         }
     }
 
@@ -136,6 +141,14 @@ impl EnvoyConfig {
     /// The node cluster speaks HTTP/2 (gRPC).
     pub fn node_http2(mut self) -> EnvoyConfig {
         self.node_http2 = true;
+        self
+    }
+
+    /// The node cluster originates TLS, as `envoy/envoy-tls.yaml` shows: SNI `server_name`, the
+    /// node's certificate checked against the CA in `ca_file` and for the DNS SAN
+    /// `server_name`, and h2 offered by ALPN when the cluster speaks HTTP/2.
+    pub fn node_tls(mut self, ca_file: &Path, server_name: &str) -> EnvoyConfig {
+        self.node_tls = Some((ca_file.to_owned(), server_name.to_owned()));
         self
     }
 
@@ -200,6 +213,26 @@ impl EnvoyConfig {
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                     "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                     "explicit_http_config": { "http2_protocol_options": {} }
+                }
+            });
+        }
+        if let Some((ca_file, server_name)) = &self.node_tls {
+            let alpn: &[&str] = if self.node_http2 { &["h2"] } else { &[] };
+            node["transport_socket"] = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": server_name,
+                    "common_tls_context": {
+                        "alpn_protocols": alpn,
+                        "validation_context": {
+                            "trusted_ca": { "filename": ca_file.display().to_string() },
+                            "match_typed_subject_alt_names": [{
+                                "san_type": "DNS",
+                                "matcher": { "exact": server_name }
+                            }]
+                        }
+                    }
                 }
             });
         }

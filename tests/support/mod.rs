@@ -11,6 +11,9 @@ pub mod extproc;
 pub mod load;
 pub mod oci;
 pub mod paths;
+/// A CA and certificates made in the test; the node's own tests use the same file.
+#[path = "../../tools/sink/tests/common/pki.rs"]
+pub mod pki;
 pub mod ports;
 pub mod raw_http;
 pub mod records;
