@@ -1,9 +1,11 @@
-//! TLS from Envoy to the analysis node, under the real Envoy, with a CA made in the test: the
-//! node cluster of `envoy/envoy-tls.yaml` (SNI, the test CA trusted, the DNS SAN checked)
-//! delivers every record to a node that speaks only TLS, in both protocols; a node whose
-//! certificate fails the check (another CA, another name) gets nothing, the filter counts every
-//! record as dropped, and client traffic is unharmed; a cluster without TLS gets nothing
-//! through either.
+//! TLS from Envoy to the analysis node, under the real Envoy, with a CA made in the test. Envoy
+//! runs the node cluster's `transport_socket` and the filter configuration shipped in
+//! `envoy/envoy-tls.yaml` (batches, a token header from the VM environment) or
+//! `envoy/envoy-extproc.yaml` (ext_proc, h2 by ALPN), only trusting the test CA instead of the
+//! operator's file: every record reaches a node that speaks only TLS (and requires the token);
+//! a node whose certificate fails Envoy's checks (another CA, another name) gets nothing, the
+//! filter counts every record as dropped, and client traffic is unharmed; a cluster without TLS
+//! gets nothing through either.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,61 +16,162 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oob_mirror_sink::detect::exchange::Exchange;
-use oob_mirror_sink::{NodeConfig, TlsConfig};
-use serde_json::Value;
+use oob_mirror_sink::{NodeConfig, RequiredHeaders, TlsConfig};
+use serde_json::{json, Value};
 use support::client::{Client, Proto, Req};
-use support::paths::TempDir;
+use support::paths::{repo_root, TempDir};
 use support::pki::Ca;
 use support::records::{distinct_records, wait_exchange, Node};
-use support::stats::envoy_stat;
-use support::stats::{self, Stats};
+use support::stats::{self, envoy_stat, Stats};
 use support::upstream::{fnv1a64, pattern};
 use support::wait::poll_until;
 use support::{raw_http, Envoy, EnvoyConfig, Upstream, EVENTUALLY};
 
-/// The name the node's certificate is issued for, sent as SNI and checked by Envoy.
-const NODE_NAME: &str = "node.oob-mirror.test";
+/// The shipped bootstraps whose node cluster originates TLS.
+const BATCH_BOOTSTRAP: &str = "envoy/envoy-tls.yaml";
+const EXTPROC_BOOTSTRAP: &str = "envoy/envoy-extproc.yaml";
 const EXCHANGES: usize = 12;
 /// Settling after failures takes the filter's backoff into account.
 const SETTLE: Duration = Duration::from_secs(30);
-const EXTPROC_PLUGIN: &str =
-    r#"{"node":{"cluster":"oob_mirror_node","protocol":"ext_proc","timeout_ms":1000}}"#;
 
-/// A test CA, written where Envoy reads it.
-struct Pki {
+/// A test CA, written where Envoy reads it, and a shipped bootstrap's node settings with it.
+struct Shipped {
     ca: Ca,
-    ca_file: PathBuf,
+    /// The node cluster's `transport_socket`, trusting the test CA.
+    socket: Value,
+    /// The name Envoy sends as SNI and checks in the node's certificate.
+    name: String,
+    /// The filter configuration, its node cluster renamed to the harness's.
+    plugin: Value,
+    /// `node.headers` read from the VM environment: name, variable, the test's value.
+    headers: Vec<(String, String, String)>,
     _dir: TempDir,
 }
 
-impl Pki {
-    fn new() -> Pki {
+impl Shipped {
+    fn new(bootstrap: &str) -> Shipped {
         let dir = TempDir::new("tls");
         let ca = Ca::new("oob-mirror test CA");
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();
-        Pki {
+        let text = std::fs::read_to_string(repo_root().join(bootstrap)).unwrap();
+        let yaml: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+        let parsed: Value = serde_json::to_value(yaml).unwrap();
+        let (socket, name) = tls_of(bootstrap, &parsed, &ca_file);
+        let mut plugin = plugin_of(bootstrap, &parsed);
+        plugin["node"]["cluster"] = json!("oob_mirror_node");
+        let headers = plugin["node"]["headers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| {
+                let var = h["value_env"].as_str()?;
+                let value = format!("Bearer {var}-test-value");
+                Some((h["name"].as_str()?.to_owned(), var.to_owned(), value))
+            })
+            .collect();
+        Shipped {
             ca,
-            ca_file,
+            socket,
+            name,
+            plugin,
+            headers,
             _dir: dir,
         }
     }
+
+    /// Envoy as shipped, to a node on `node_port`.
+    fn envoy(&self, upstream: &Upstream, node_port: u16) -> EnvoyConfig {
+        self.envoy_without_tls(upstream, node_port)
+            .node_transport_socket(self.socket.clone())
+    }
+
+    /// The same Envoy, its node cluster without TLS.
+    fn envoy_without_tls(&self, upstream: &Upstream, node_port: u16) -> EnvoyConfig {
+        let mut config =
+            EnvoyConfig::new(upstream.port(), node_port).plugin(self.plugin.to_string());
+        if self.plugin["node"]["protocol"] == "ext_proc" {
+            config = config.node_http2();
+        }
+        for (_, var, value) in &self.headers {
+            config = config.vm_env(var, value);
+        }
+        config
+    }
+
+    /// A node serving TLS only with a certificate for `names` from `issuer`, requiring the
+    /// shipped headers.
+    fn node(&self, issuer: &Ca, names: &[&str], config: NodeConfig) -> Node {
+        let leaf = issuer.issue(names);
+        let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+        let mut require = RequiredHeaders::default();
+        for (name, _, value) in &self.headers {
+            require.add(name, value).unwrap();
+        }
+        Node::start_with(NodeConfig {
+            tls: Some(tls),
+            require_headers: require,
+            ..config
+        })
+        .unwrap()
+    }
+
+    /// A node with the right certificate.
+    fn good_node(&self, config: NodeConfig) -> Node {
+        self.node(&self.ca, &[&self.name], config)
+    }
 }
 
-/// A node serving TLS only, with a certificate for `names` from `ca`.
-fn tls_node(ca: &Ca, names: &[&str], config: NodeConfig) -> Node {
-    let leaf = ca.issue(names);
-    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
-    Node::start_with(NodeConfig {
-        tls: Some(tls),
-        ..config
-    })
-    .unwrap()
+/// The `transport_socket` of the one cluster that has one, trusting `ca_file` instead of the
+/// operator's CA path; and its SNI.
+fn tls_of(bootstrap: &str, parsed: &Value, ca_file: &Path) -> (Value, String) {
+    let sockets: Vec<&Value> = parsed["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.get("transport_socket"))
+        .collect();
+    assert_eq!(
+        sockets.len(),
+        1,
+        "{bootstrap}: one cluster with TLS expected"
+    );
+    let mut socket = sockets[0].clone();
+    let tls = &mut socket["typed_config"];
+    let ca = &mut tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"];
+    assert!(ca.is_string(), "{bootstrap}: no trusted_ca file: {tls:#}");
+    *ca = json!(ca_file.display().to_string());
+    let name = tls["sni"].as_str().unwrap().to_owned();
+    (socket, name)
+}
+
+/// The filter configuration of the one oob-mirror filter of the bootstrap.
+fn plugin_of(bootstrap: &str, parsed: &Value) -> Value {
+    fn find(v: &Value, found: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                if v["root_id"] == "oob_mirror" {
+                    found.push(v["configuration"]["value"].as_str().unwrap().to_owned());
+                }
+                map.values().for_each(|v| find(v, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| find(v, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    find(parsed, &mut found);
+    assert_eq!(
+        found.len(),
+        1,
+        "{bootstrap}: one oob-mirror filter expected"
+    );
+    serde_json::from_str(&found[0]).unwrap()
 }
 
 /// Exchange `i`: HTTP/1.1 and HTTP/2, bodies both ways, statuses other than 200; each named by
@@ -128,12 +231,14 @@ fn assert_all_dropped(envoy: &Envoy) -> Stats {
 
 #[test]
 fn every_record_reaches_a_tls_node_and_nothing_goes_in_plaintext() {
-    let pki = Pki::new();
-    let upstream = Upstream::start();
-    let node = tls_node(&pki.ca, &[NODE_NAME], NodeConfig::default());
-    let envoy = Envoy::start(
-        &EnvoyConfig::new(upstream.port(), node.port()).node_tls(&pki.ca_file, NODE_NAME),
+    let shipped = Shipped::new(BATCH_BOOTSTRAP);
+    assert!(
+        !shipped.headers.is_empty(),
+        "{BATCH_BOOTSTRAP}: no node.headers"
     );
+    let upstream = Upstream::start();
+    let node = shipped.good_node(NodeConfig::default());
+    let envoy = Envoy::start(&shipped.envoy(&upstream, node.port()));
     let client = Client::new();
     let ids = send_traffic(&client, &envoy, "tls");
 
@@ -159,6 +264,7 @@ fn every_record_reaches_a_tls_node_and_nothing_goes_in_plaintext() {
     assert_eq!(st.get("records_sent"), n as i128, "{st:?}");
     assert_eq!(st.dropped(), 0, "{st:?}");
     assert_eq!(st.batches_failed(), 0, "{st:?}");
+    assert_eq!(node.requests_unauthenticated(), 0);
     assert!(node.tls_handshakes() > 0);
     assert_eq!(node.tls_handshakes_failed(), 0);
     assert_eq!(
@@ -182,10 +288,10 @@ fn every_record_reaches_a_tls_node_and_nothing_goes_in_plaintext() {
 
 #[test]
 fn a_cluster_without_tls_gets_nothing_through_to_a_tls_node() {
-    let pki = Pki::new();
+    let shipped = Shipped::new(BATCH_BOOTSTRAP);
     let upstream = Upstream::start();
-    let node = tls_node(&pki.ca, &[NODE_NAME], NodeConfig::default());
-    let envoy = Envoy::start(&EnvoyConfig::new(upstream.port(), node.port()));
+    let node = shipped.good_node(NodeConfig::default());
+    let envoy = Envoy::start(&shipped.envoy_without_tls(&upstream, node.port()));
     send_traffic(&Client::new(), &envoy, "plain");
     let st = assert_all_dropped(&envoy);
     assert_eq!((node.batch_count(), node.tls_handshakes()), (0, 0));
@@ -194,13 +300,18 @@ fn a_cluster_without_tls_gets_nothing_through_to_a_tls_node() {
 }
 
 /// A node whose certificate Envoy must refuse: issued by `issuer` for `names`, while Envoy
-/// trusts `pki`'s CA and checks for [`NODE_NAME`]; `envoy_reason` is the ssl stat that counts it.
-fn refused_certificate_case(tag: &str, pki: &Pki, issuer: &Ca, names: &[&str], envoy_reason: &str) {
+/// trusts the shipped settings' CA and checks for their name; `envoy_reason` is the ssl stat
+/// that counts it.
+fn refused_certificate_case(
+    tag: &str,
+    shipped: &Shipped,
+    issuer: &Ca,
+    names: &[&str],
+    envoy_reason: &str,
+) {
     let upstream = Upstream::start();
-    let node = tls_node(issuer, names, NodeConfig::default());
-    let envoy = Envoy::start(
-        &EnvoyConfig::new(upstream.port(), node.port()).node_tls(&pki.ca_file, NODE_NAME),
-    );
+    let node = shipped.node(issuer, names, NodeConfig::default());
+    let envoy = Envoy::start(&shipped.envoy(&upstream, node.port()));
     send_traffic(&Client::new(), &envoy, tag);
     let st = assert_all_dropped(&envoy);
     assert_eq!((node.batch_count(), node.tls_handshakes()), (0, 0));
@@ -215,20 +326,27 @@ fn refused_certificate_case(tag: &str, pki: &Pki, issuer: &Ca, names: &[&str], e
 
 #[test]
 fn a_node_certificate_from_another_ca_gets_nothing_and_every_record_is_counted_dropped() {
-    let pki = Pki::new();
+    let shipped = Shipped::new(BATCH_BOOTSTRAP);
     let other = Ca::new("another CA");
-    refused_certificate_case("other-ca", &pki, &other, &[NODE_NAME], "fail_verify_error");
+    refused_certificate_case(
+        "other-ca",
+        &shipped,
+        &other,
+        &[&shipped.name],
+        "fail_verify_error",
+    );
 }
 
 #[test]
 fn a_node_certificate_for_another_name_gets_nothing_and_every_record_is_counted_dropped() {
     // The CA Envoy trusts, but not the name Envoy checks.
-    let pki = Pki::new();
+    let shipped = Shipped::new(BATCH_BOOTSTRAP);
+    let other_name = format!("other-{}", shipped.name);
     refused_certificate_case(
         "other-name",
-        &pki,
-        &pki.ca,
-        &["other.oob-mirror.test"],
+        &shipped,
+        &shipped.ca,
+        &[&other_name],
         "fail_verify_san",
     );
 }
@@ -236,12 +354,12 @@ fn a_node_certificate_for_another_name_gets_nothing_and_every_record_is_counted_
 /// What an ext_proc node received: one entry per stream.
 type Streams = Arc<Mutex<Vec<Result<Exchange, String>>>>;
 
-fn extproc_node(ca: &Ca, names: &[&str]) -> (Node, Streams) {
+fn extproc_node(shipped: &Shipped, issuer: &Ca) -> (Node, Streams) {
     let streams: Streams = Arc::default();
     let sink = Arc::clone(&streams);
-    let node = tls_node(
-        ca,
-        names,
+    let node = shipped.node(
+        issuer,
+        &[&shipped.name],
         NodeConfig {
             on_extproc: Some(Arc::new(move |stream| sink.lock().unwrap().push(stream))),
             ..NodeConfig::default()
@@ -252,18 +370,14 @@ fn extproc_node(ca: &Ca, names: &[&str]) -> (Node, Streams) {
 
 #[test]
 fn ext_proc_streams_reach_a_tls_node_over_h2_and_none_reach_a_refused_one() {
-    let pki = Pki::new();
+    let shipped = Shipped::new(EXTPROC_BOOTSTRAP);
+    assert_eq!(shipped.plugin["node"]["protocol"], "ext_proc");
     let upstream = Upstream::start();
     let client = Client::new();
 
     // The right certificate: one stream per exchange, each whole.
-    let (node, streams) = extproc_node(&pki.ca, &[NODE_NAME]);
-    let envoy = Envoy::start(
-        &EnvoyConfig::new(upstream.port(), node.port())
-            .plugin(EXTPROC_PLUGIN)
-            .node_http2()
-            .node_tls(&pki.ca_file, NODE_NAME),
-    );
+    let (node, streams) = extproc_node(&shipped, &shipped.ca);
+    let envoy = Envoy::start(&shipped.envoy(&upstream, node.port()));
     let ids = send_traffic(&client, &envoy, "grpc");
     let n = EXCHANGES as i128;
     let st = stats::wait_drained_and(&envoy, EVENTUALLY, |s| {
@@ -301,13 +415,8 @@ fn ext_proc_streams_reach_a_tls_node_over_h2_and_none_reach_a_refused_one() {
     drop(envoy);
 
     // Another CA: no stream reaches the node, none completes, client traffic is unharmed.
-    let (node, streams) = extproc_node(&Ca::new("another CA"), &[NODE_NAME]);
-    let envoy = Envoy::start(
-        &EnvoyConfig::new(upstream.port(), node.port())
-            .plugin(EXTPROC_PLUGIN)
-            .node_http2()
-            .node_tls(&pki.ca_file, NODE_NAME),
-    );
+    let (node, streams) = extproc_node(&shipped, &Ca::new("another CA"));
+    let envoy = Envoy::start(&shipped.envoy(&upstream, node.port()));
     send_traffic(&client, &envoy, "grpc-refused");
     let st = stats::wait_drained_and(&envoy, SETTLE, |s| s.get("extproc_exchanges") == n);
     assert_eq!(st.get("extproc_streams_completed"), 0, "{st:?}");

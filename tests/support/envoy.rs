@@ -69,9 +69,8 @@ pub struct EnvoyConfig {
     pub extra_clusters: Vec<Value>,
     /// Environment variables of the filter's VM (`vm_config.environment_variables`).
     pub vm_env: Vec<(String, String)>,
-    /// The node cluster originates TLS: the CA file it trusts and the name it sends as SNI
-    /// and checks in the certificate's DNS SANs.
-    pub node_tls: Option<(PathBuf, String)>,
+    /// The node cluster's `transport_socket` (e.g. TLS origination).
+    pub node_transport_socket: Option<Value>,
 }
 
 impl EnvoyConfig {
@@ -89,7 +88,7 @@ impl EnvoyConfig {
             extra_routes: Vec::new(),
             extra_clusters: Vec::new(),
             vm_env: Vec::new(),
-            node_tls: None,
+            node_transport_socket: None,
         }
     }
 
@@ -107,7 +106,7 @@ impl EnvoyConfig {
             extra_routes: Vec::new(),
             extra_clusters: Vec::new(),
             vm_env: Vec::new(),
-            node_tls: None,
+            node_transport_socket: None,
         }
     }
 
@@ -144,11 +143,9 @@ impl EnvoyConfig {
         self
     }
 
-    /// The node cluster originates TLS, as `envoy/envoy-tls.yaml` shows: SNI `server_name`, the
-    /// node's certificate checked against the CA in `ca_file` and for the DNS SAN
-    /// `server_name`, and h2 offered by ALPN when the cluster speaks HTTP/2.
-    pub fn node_tls(mut self, ca_file: &Path, server_name: &str) -> EnvoyConfig {
-        self.node_tls = Some((ca_file.to_owned(), server_name.to_owned()));
+    /// The node cluster's `transport_socket`, e.g. the TLS origination of a shipped bootstrap.
+    pub fn node_transport_socket(mut self, socket: Value) -> EnvoyConfig {
+        self.node_transport_socket = Some(socket);
         self
     }
 
@@ -216,25 +213,8 @@ impl EnvoyConfig {
                 }
             });
         }
-        if let Some((ca_file, server_name)) = &self.node_tls {
-            let alpn: &[&str] = if self.node_http2 { &["h2"] } else { &[] };
-            node["transport_socket"] = json!({
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                    "sni": server_name,
-                    "common_tls_context": {
-                        "alpn_protocols": alpn,
-                        "validation_context": {
-                            "trusted_ca": { "filename": ca_file.display().to_string() },
-                            "match_typed_subject_alt_names": [{
-                                "san_type": "DNS",
-                                "matcher": { "exact": server_name }
-                            }]
-                        }
-                    }
-                }
-            });
+        if let Some(socket) = &self.node_transport_socket {
+            node["transport_socket"] = socket.clone();
         }
         http_filters.push(json!({
             "name": "envoy.filters.http.router",
@@ -610,8 +590,44 @@ fn listener_addr(admin: SocketAddr) -> Option<SocketAddr> {
 /// (which loads the module and runs its configuration) with no critical wasm line; returns
 /// Envoy's output.
 pub fn assert_validates(cwd: &Path, config: &Path) -> String {
+    assert_validates_with_env(cwd, config, &[])
+}
+
+/// [`assert_validates`] with these variables in Envoy's environment (which
+/// `host_env_keys` hands to the filter's VM).
+pub fn assert_validates_with_env(cwd: &Path, config: &Path, env: &[(&str, &str)]) -> String {
+    let env: Vec<(&str, Option<&str>)> = env.iter().map(|(k, v)| (*k, Some(*v))).collect();
+    let (status, log) = validate(cwd, config, &env);
+    assert!(
+        status.success(),
+        "envoy --mode validate -c {} failed ({status}); its output:\n{log}",
+        config.display()
+    );
+    assert!(
+        log.contains(&format!("configuration '{}' OK", config.display())),
+        "no `configuration ... OK` line; Envoy's output:\n{log}"
+    );
+    let critical = critical_wasm_lines(&log);
+    assert!(
+        critical.is_empty(),
+        "critical wasm lines while validating:\n{}\nfull output:\n{log}",
+        critical.join("\n")
+    );
+    log
+}
+
+/// Runs `envoy --mode validate -c <config>` in `cwd` with `env` set (`None`: removed) in the
+/// environment: how Envoy exited (success: accepted), and its output.
+pub fn validate(cwd: &Path, config: &Path, env: &[(&str, Option<&str>)]) -> (ExitStatus, String) {
     let bin = envoy_bin();
-    let out = Command::new(&bin)
+    let mut cmd = Command::new(&bin);
+    for (name, value) in env {
+        match value {
+            Some(value) => cmd.env(name, value),
+            None => cmd.env_remove(name),
+        };
+    }
+    let out = cmd
         .current_dir(cwd)
         .arg("--mode")
         .arg("validate")
@@ -626,21 +642,5 @@ pub fn assert_validates(cwd: &Path, config: &Path) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success(),
-        "envoy --mode validate -c {} failed ({}); its output:\n{log}",
-        config.display(),
-        out.status
-    );
-    assert!(
-        log.contains(&format!("configuration '{}' OK", config.display())),
-        "no `configuration ... OK` line; Envoy's output:\n{log}"
-    );
-    let critical = critical_wasm_lines(&log);
-    assert!(
-        critical.is_empty(),
-        "critical wasm lines while validating:\n{}\nfull output:\n{log}",
-        critical.join("\n")
-    );
-    log
+    (out.status, log)
 }
