@@ -9,7 +9,11 @@
 //!
 //! In ext_proc mode (`istio/wallarm-node/`, `envoy/envoy-extproc.yaml`) that
 //! cluster must also speak HTTP/2 (gRPC needs it) and originate TLS with SNI
-//! and a check of the node certificate's name.
+//! and a check of the node certificate's name; a bootstrap cluster that
+//! originates TLS (`envoy/envoy-tls.yaml`) must check the name too. Every
+//! variable a `node.headers` value is read from must be handed to the VM
+//! (`vmConfig.env`, `host_env_keys`), or the filter would refuse its
+//! configuration wherever it runs.
 //!
 //! Last, the real Envoy validates `envoy/envoy-extproc.yaml`, with its CA file
 //! path pointed at a test certificate (`envoy/envoy.yaml` is validated as it is
@@ -26,7 +30,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use oob_mirror::config::{Config, Protocol};
+use oob_mirror::config::{Config, HeaderValue, Protocol};
 use serde::Deserialize;
 use serde_norway::Value;
 
@@ -211,6 +215,19 @@ fn originates_tls(manifests: &[Manifest], host: &str, port: u64) -> bool {
         })
 }
 
+/// The VM environment variables `node.headers` read their values from.
+fn value_env_vars(config: &Config) -> Vec<&str> {
+    config
+        .node
+        .headers
+        .iter()
+        .filter_map(|h| match &h.value {
+            HeaderValue::Env(var) => Some(var.as_str()),
+            HeaderValue::Inline(_) => None,
+        })
+        .collect()
+}
+
 /// Whether Istio builds the cluster for `host:port` as HTTP/2, which a gRPC stream needs: the
 /// ServiceEntry port's protocol is one Istio speaks HTTP/2 to (GRPC, HTTP2), or a
 /// DestinationRule upgrades the host's HTTP/1.1 to HTTP/2.
@@ -268,6 +285,21 @@ fn every_istio_plugin_configuration_is_accepted_and_names_a_defined_cluster() {
         let config = Config::parse(json.as_bytes()).unwrap_or_else(|e| {
             panic!("{file}: the filter refuses its pluginConfig ({e}): {json}")
         });
+        let vm_config = match doc["kind"].as_str() {
+            Some("TrafficExtension") => &doc["spec"]["wasm"]["vmConfig"],
+            _ => &doc["spec"]["vmConfig"],
+        };
+        let vm_env: Vec<&str> = seq(vm_config, "env")
+            .iter()
+            .filter_map(|e| str_at(e, &["name"]))
+            .collect();
+        for var in value_env_vars(&config) {
+            assert!(
+                vm_env.contains(&var),
+                "{file}: node.headers read {var} from the VM environment, which vmConfig.env \
+                 does not pass: {vm_env:?}"
+            );
+        }
 
         if file.starts_with("wallarm-node/") {
             // A Wallarm Native Node in envoy-external-filter mode: gRPC ext_proc, over TLS.
@@ -298,6 +330,11 @@ fn every_istio_plugin_configuration_is_accepted_and_names_a_defined_cluster() {
                     originates_tls(&manifests, EXTERNAL_NODE_HOST, 443),
                     "{file}: no DestinationRule originating TLS to {EXTERNAL_NODE_HOST}:443 \
                      with SNI and SAN check"
+                );
+                // A node reached across networks authenticates its senders.
+                assert!(
+                    !value_env_vars(&config).is_empty(),
+                    "{file}: no node.headers value from the VM environment"
                 );
                 (
                     format!("outbound|443||{EXTERNAL_NODE_HOST}"),
@@ -381,18 +418,32 @@ fn every_envoy_bootstrap_configuration_is_accepted_and_names_one_of_its_clusters
                     "{file}: node.cluster {:?} is not one of its clusters: {clusters:?}",
                     config.node.cluster
                 );
-                if config.node.protocol == Protocol::ExtProc {
-                    let cluster = seq(&bootstrap["static_resources"], "clusters")
+                let environment = &filter["vm_config"]["environment_variables"];
+                for var in value_env_vars(&config) {
+                    let passed = seq(environment, "host_env_keys")
                         .iter()
-                        .find(|c| str_at(c, &["name"]) == Some(config.node.cluster.as_str()))
-                        .unwrap();
+                        .any(|k| k.as_str() == Some(var))
+                        || environment["key_values"].get(var).is_some();
+                    assert!(
+                        passed,
+                        "{file}: node.headers read {var} from the VM environment, which \
+                         vm_config.environment_variables does not pass: {environment:?}"
+                    );
+                }
+                let cluster = seq(&bootstrap["static_resources"], "clusters")
+                    .iter()
+                    .find(|c| str_at(c, &["name"]) == Some(config.node.cluster.as_str()))
+                    .unwrap();
+                if config.node.protocol == Protocol::ExtProc {
                     check_grpc_tls_cluster(&file, cluster);
+                } else if !cluster["transport_socket"].is_null() {
+                    check_tls_cluster(&file, cluster);
                 }
                 checked.push(file.clone());
             }
         }
     }
-    for bootstrap in ["envoy/envoy.yaml", EXTPROC_BOOTSTRAP] {
+    for bootstrap in ["envoy/envoy.yaml", EXTPROC_BOOTSTRAP, TLS_BOOTSTRAP] {
         assert!(
             checked.iter().any(|f| f == bootstrap),
             "no oob-mirror filter configuration found in {bootstrap}; checked: {checked:?}"
@@ -400,8 +451,11 @@ fn every_envoy_bootstrap_configuration_is_accepted_and_names_one_of_its_clusters
     }
 }
 
-/// An Envoy cluster fit for the filter's gRPC streams to a node that requires TLS: HTTP/2, and
-/// TLS with SNI, h2 by ALPN, a trusted CA and the SNI name checked in the certificate's SANs.
+/// The bootstrap that shows TLS and authentication to the node, relative to the repository root.
+const TLS_BOOTSTRAP: &str = "envoy/envoy-tls.yaml";
+
+/// An Envoy cluster fit for the filter's gRPC streams to a node that requires TLS: HTTP/2, h2
+/// by ALPN, and TLS as [`check_tls_cluster`] wants it.
 fn check_grpc_tls_cluster(file: &str, cluster: &Value) {
     let name = str_at(cluster, &["name"]).unwrap();
     let options = &cluster["typed_extension_protocol_options"]
@@ -410,6 +464,19 @@ fn check_grpc_tls_cluster(file: &str, cluster: &Value) {
         options["explicit_http_config"]["http2_protocol_options"].is_mapping(),
         "{file}: cluster {name} is not explicitly HTTP/2, which gRPC needs: {cluster:#?}"
     );
+    let tls = check_tls_cluster(file, cluster);
+    assert!(
+        seq(&tls["common_tls_context"], "alpn_protocols")
+            .iter()
+            .any(|p| p.as_str() == Some("h2")),
+        "{file}: cluster {name} does not offer h2 by ALPN: {tls:#?}"
+    );
+}
+
+/// A cluster that originates TLS with SNI, a trusted CA and the SNI name checked in the node
+/// certificate's DNS SANs, to an endpoint of that name; its `UpstreamTlsContext`.
+fn check_tls_cluster<'a>(file: &str, cluster: &'a Value) -> &'a Value {
+    let name = str_at(cluster, &["name"]).unwrap();
     let tls = &cluster["transport_socket"]["typed_config"];
     assert_eq!(
         tls["@type"].as_str(),
@@ -418,14 +485,7 @@ fn check_grpc_tls_cluster(file: &str, cluster: &Value) {
     );
     let sni = str_at(tls, &["sni"])
         .unwrap_or_else(|| panic!("{file}: cluster {name} sends no SNI: {tls:#?}"));
-    let common = &tls["common_tls_context"];
-    assert!(
-        seq(common, "alpn_protocols")
-            .iter()
-            .any(|p| p.as_str() == Some("h2")),
-        "{file}: cluster {name} does not offer h2 by ALPN: {tls:#?}"
-    );
-    let validation = &common["validation_context"];
+    let validation = &tls["common_tls_context"]["validation_context"];
     assert!(
         str_at(validation, &["trusted_ca", "filename"]).is_some(),
         "{file}: cluster {name} trusts no CA file: {tls:#?}"
@@ -444,6 +504,7 @@ fn check_grpc_tls_cluster(file: &str, cluster: &Value) {
         .filter_map(|e| str_at(e, &["endpoint", "address", "socket_address", "address"]))
         .collect();
     assert_eq!(addresses, [sni], "{file}: cluster {name}'s endpoints");
+    tls
 }
 
 /// The ext_proc bootstrap, relative to the repository root.
