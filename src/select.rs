@@ -6,6 +6,31 @@
 use crate::accounting::Counters;
 use crate::config::{Config, SamplingConfig, ScopeConfig, RATE_ALL};
 
+/// The request pseudo-headers the choice reads, as Envoy passed them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Request<'a> {
+    pub method: &'a [u8],
+    pub authority: &'a [u8],
+    pub path: &'a [u8],
+}
+
+impl<'a> Request<'a> {
+    /// From a header list that holds the pseudo-headers (missing ones are empty).
+    pub fn from_headers(headers: &'a [(String, Vec<u8>)]) -> Self {
+        let value = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(&[][..], |(_, v)| v.as_slice())
+        };
+        Request {
+            method: value(":method"),
+            authority: value(":authority"),
+            path: value(":path"),
+        }
+    }
+}
+
 /// Why an exchange is not mirrored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
@@ -50,15 +75,8 @@ impl Selector {
 
     /// Whether the exchange with these request pseudo-headers is mirrored; `queue` is the batch
     /// queue's (queued bytes, bound), `None` where there is no queue to shed for.
-    pub fn admit(
-        &mut self,
-        method: &[u8],
-        authority: &[u8],
-        path: &[u8],
-        now_ms: u64,
-        queue: Option<(u64, u64)>,
-    ) -> bool {
-        match self.decide(method, authority, path, now_ms, queue) {
+    pub fn admit(&mut self, request: Request, now_ms: u64, queue: Option<(u64, u64)>) -> bool {
+        match self.decide(request, now_ms, queue) {
             Ok(()) => true,
             Err(skip) => {
                 if let Some(count) = self.skipped.get_mut(skip as usize) {
@@ -71,13 +89,11 @@ impl Selector {
 
     fn decide(
         &mut self,
-        method: &[u8],
-        authority: &[u8],
-        path: &[u8],
+        request: Request,
         now_ms: u64,
         queue: Option<(u64, u64)>,
     ) -> Result<(), Skip> {
-        if !self.in_scope(method, authority, path) {
+        if !self.in_scope(request) {
             return Err(Skip::Scope);
         }
         if !self.sample() {
@@ -102,7 +118,12 @@ impl Selector {
         Ok(())
     }
 
-    fn in_scope(&self, method: &[u8], authority: &[u8], path: &[u8]) -> bool {
+    fn in_scope(&self, request: Request) -> bool {
+        let Request {
+            method,
+            authority,
+            path,
+        } = request;
         let scope = &self.scope;
         if !scope.methods.is_empty() && !scope.methods.iter().any(|m| m.as_bytes() == method) {
             return false;
@@ -247,6 +268,14 @@ mod tests {
         Selector::new(&Config::parse(text.as_bytes()).unwrap(), seed)
     }
 
+    fn get() -> Request<'static> {
+        Request {
+            method: b"GET",
+            authority: b"a",
+            path: b"/",
+        }
+    }
+
     fn counters(s: &Selector) -> Counters {
         let mut c = Counters::default();
         s.add_to(&mut c);
@@ -257,7 +286,7 @@ mod tests {
     fn by_default_everything_is_mirrored() {
         let mut s = selector("", 1);
         for i in 0..1000 {
-            assert!(s.admit(b"GET", b"a", b"/", i, Some((0, 100))));
+            assert!(s.admit(get(), i, Some((0, 100))));
         }
         assert_eq!(counters(&s), Counters::default());
     }
@@ -270,8 +299,14 @@ mod tests {
                           "methods":["GET","POST"]}"#,
             1,
         );
-        let mut admit =
-            |m: &str, a: &str, p: &str| s.admit(m.as_bytes(), a.as_bytes(), p.as_bytes(), 0, None);
+        let mut admit = |m: &str, a: &str, p: &str| {
+            let request = Request {
+                method: m.as_bytes(),
+                authority: a.as_bytes(),
+                path: p.as_bytes(),
+            };
+            s.admit(request, 0, None)
+        };
         assert!(admit("GET", "api.example.com", "/api/users"));
         assert!(admit("POST", "API.Example.com:8443", "/healthz"));
         assert!(admit("GET", "api.example.com", "/health/deep"));
@@ -304,9 +339,7 @@ mod tests {
     fn sampling_keeps_the_rate_closely_and_still_draws() {
         for seed in 0..200 {
             let mut s = selector(r#","sampling":{"rate":0.2}"#, seed);
-            let taken: Vec<bool> = (0..5000)
-                .map(|i| s.admit(b"GET", b"a", b"/", i, None))
-                .collect();
+            let taken: Vec<bool> = (0..5000).map(|i| s.admit(get(), i, None)).collect();
             let count = taken.iter().filter(|t| **t).count();
             assert!((990..=1010).contains(&count), "seed {seed}: {count}");
             assert_eq!(counters(&s).exchanges_skipped_sampling, 5000 - count as u64);
@@ -320,10 +353,10 @@ mod tests {
             assert!(gaps.len() > 10, "seed {seed}: gaps {gaps:?}");
         }
         let mut none = selector(r#","sampling":{"rate":0}"#, 3);
-        assert!((0..100).all(|i| !none.admit(b"GET", b"a", b"/", i, None)));
+        assert!((0..100).all(|i| !none.admit(get(), i, None)));
         let mut tiny = selector(r#","sampling":{"rate":0.000001}"#, 3);
         let taken = (0..3_000_000)
-            .filter(|i| tiny.admit(b"GET", b"a", b"/", *i, None))
+            .filter(|i| tiny.admit(get(), *i, None))
             .count();
         assert!((1..=5).contains(&taken), "{taken}");
     }
@@ -331,12 +364,8 @@ mod tests {
     #[test]
     fn the_ceiling_is_per_second() {
         let mut s = selector(r#","sampling":{"max_per_second":3}"#, 1);
-        let in_first: usize = (0..10)
-            .filter(|_| s.admit(b"GET", b"a", b"/", 1500, None))
-            .count();
-        let in_next: usize = (0..10)
-            .filter(|_| s.admit(b"GET", b"a", b"/", 2000, None))
-            .count();
+        let in_first: usize = (0..10).filter(|_| s.admit(get(), 1500, None)).count();
+        let in_next: usize = (0..10).filter(|_| s.admit(get(), 2000, None)).count();
         assert_eq!((in_first, in_next), (3, 3));
         assert_eq!(counters(&s).exchanges_skipped_rate_limit, 14);
     }
@@ -346,7 +375,7 @@ mod tests {
         let mut s = selector("", 7);
         let kept = |s: &mut Selector, used| {
             (0..1000)
-                .filter(|i| s.admit(b"GET", b"a", b"/", *i, Some((used, 8000))))
+                .filter(|i| s.admit(get(), *i, Some((used, 8000))))
                 .count()
         };
         assert_eq!(kept(&mut s, 3999), 1000);

@@ -51,6 +51,17 @@ fn assert_refused(plugin: &str, field: &str) {
     }
 }
 
+/// A node header whose value should come from a VM environment variable that is not there:
+/// sending without it would only be refused by the node.
+#[test]
+fn a_node_header_from_a_missing_variable_is_refused() {
+    assert_refused(
+        r#"{"node":{"cluster":"oob_mirror_node",
+            "headers":[{"name":"authorization","value_env":"OOB_MIRROR_NODE_TOKEN"}]}}"#,
+        "node.headers[0].value_env: the VM environment has no usable OOB_MIRROR_NODE_TOKEN",
+    );
+}
+
 #[test]
 fn empty_node_cluster_is_refused() {
     assert_refused(r#"{"node":{"cluster":""}}"#, "node.cluster");

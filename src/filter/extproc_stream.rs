@@ -9,7 +9,7 @@ use crate::extproc::attributes::{self, Value};
 use crate::extproc::encode::{processing_request, Direction, Part};
 use crate::extproc::streams::Delivery;
 use crate::redact::{Redactor, Stream};
-use crate::select::skip_body;
+use crate::select::{skip_body, Request};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, MapType};
 
@@ -243,20 +243,14 @@ impl Drop for ExtProcStream {
 impl ExtProcStream {
     pub fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let headers = header_map(MapType::HttpRequestHeaders);
-        let value = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or(&[][..], |(_, v)| v.as_slice())
-        };
-        let (method, authority, path) = (value(":method"), value(":authority"), value(":path"));
+        let request = Request::from_headers(&headers);
         // No batch queue to shed for: streams beyond ext_proc.max_streams are whole exchanges
         // dropped already.
         self.key = self.worker.try_borrow_mut().ok().and_then(|mut worker| {
             let now = now_ms();
             worker
                 .select
-                .admit(method, authority, path, now, None)
+                .admit(request, now, None)
                 .then(|| worker.streams.begin(now))
                 .flatten()
         });

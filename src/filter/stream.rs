@@ -8,7 +8,7 @@ use super::worker::SharedWorker;
 use crate::body::BodyCapture;
 use crate::connection_facts::ConnectionFacts;
 use crate::record::{header_text, split_pseudo_headers, RequestRecord, ResponseRecord};
-use crate::select::skip_body;
+use crate::select::{skip_body, Request};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, MapType};
 
@@ -111,21 +111,13 @@ impl MirrorStream {
 
     /// Whether this exchange is mirrored; decided once, from its request pseudo-headers.
     fn admit(&self, pseudo: &[(String, Vec<u8>)], ts_ns: u64) -> bool {
-        let value = |name: &str| {
-            pseudo
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or(&[][..], |(_, v)| v.as_slice())
-        };
         self.worker
             .as_ref()
             .and_then(|w| w.try_borrow_mut().ok())
             .is_some_and(|mut w| {
                 let fill = w.shipper.queue_fill();
-                let now_ms = ns_to_ms(ts_ns);
-                let (method, authority, path) =
-                    (value(":method"), value(":authority"), value(":path"));
-                w.select.admit(method, authority, path, now_ms, Some(fill))
+                let request = Request::from_headers(pseudo);
+                w.select.admit(request, ns_to_ms(ts_ns), Some(fill))
             })
     }
 

@@ -8,6 +8,7 @@ use oob_mirror::body::BodyCapture;
 use oob_mirror::config::Config;
 use oob_mirror::record::{RequestRecord, ResponseRecord};
 use oob_mirror::redact::Redactor;
+use oob_mirror::select::{Request, Selector};
 use oob_mirror::shipper::{Reply, Shipper};
 use std::hint::black_box;
 
@@ -110,6 +111,8 @@ fn main() {
     // Redaction as configured by default (on), with a fixed key.
     let redactor = Redactor::new(&config.redact, b"profile-key".to_vec());
     let mut shipper = Shipper::new(&config, redactor);
+    // Selection as configured by default (everything in scope, rate 1, shedding on).
+    let mut select = Selector::new(&config, 1);
     let mut token = 0u32;
     let mut sent = 0u64;
     for i in 0..exchanges {
@@ -117,6 +120,15 @@ fn main() {
             continue;
         };
         let now_ms = i / 10;
+        let fill = shipper.queue_fill();
+        let chosen = Request {
+            method: request.method.as_bytes(),
+            authority: request.authority.as_bytes(),
+            path: request.path.as_bytes(),
+        };
+        if !select.admit(chosen, now_ms, Some(fill)) {
+            continue;
+        }
         shipper.capture_request(black_box(request), now_ms);
         shipper.capture_response(black_box(response), now_ms);
         while let Some(batch) = shipper.next_batch(now_ms) {
