@@ -221,6 +221,8 @@ BENCH_CONNECTIONS ?= 16
 
 bench-setup: setup wasm sink
 	bash tools/bench/setup.sh
+	$(CARGO) build --release --target $(WASM_TARGET) --manifest-path '$(EMPTY_FILTER_DIR)/Cargo.toml' \
+	  --target-dir '$(EMPTY_FILTER_DIR)/target'
 
 bench: bench-setup
 	'$(PYTHON)' tools/bench/bench.py --seconds '$(BENCH_SECONDS)' --warmup '$(BENCH_WARMUP)' \

@@ -8,6 +8,7 @@ upstream (nginx serving fixed files) and loaded by wrk:
   (c) native mirroring     (d) Lua filter, async httpCall with headers + body
   (e) ext_proc, observability mode, headers and streamed bodies both ways
   (f) oob-mirror in ext_proc mode (the same streams as (e), to the same processor)
+  (g) an empty Proxy-Wasm filter: the floor any Proxy-Wasm filter pays
 each with the node up and down (port closed), for GET, 1 KiB and 64 KiB POSTs.
 The HTTP node of (b)-(d) is a second Envoy answering 200 (node-envoy.yaml); the
 node of (e) and (f) is tools/extproc-sink.
@@ -65,12 +66,17 @@ class Case:
 
 CASES = [
     Case("a", "no filter", None, None),
+    Case("g", "empty Proxy-Wasm filter", "empty-filter.yaml", None),
     Case("b", "oob-mirror", "oob-mirror.yaml", "http"),
     Case("c", "native mirror", "native-mirror.yaml", "http"),
     Case("d", "Lua httpCall", "lua.yaml", "http"),
     Case("e", "ext_proc observability", "ext-proc.yaml", "grpc"),
     Case("f", "oob-mirror ext_proc", "oob-mirror-extproc.yaml", "grpc"),
 ]
+
+
+def case_by_key(key):
+    return next(c for c in CASES if c.key == key)
 
 
 class Payload:
@@ -314,7 +320,8 @@ def case_config(case, upstream_port, node_port, extproc_port):
         raise BenchError(f"cases/{case.fragment}: no place in envoy.yaml for {sorted(sections)}")
     return render("\n".join(lines) + "\n", {
         "UPSTREAM_PORT": upstream_port, "NODE_PORT": node_port,
-        "EXTPROC_PORT": extproc_port, "WASM": WASM, "LUA": HERE / "mirror.lua",
+        "EXTPROC_PORT": extproc_port, "WASM": WASM, "EMPTY_WASM": EMPTY_WASM,
+        "LUA": HERE / "mirror.lua",
     })
 
 
@@ -632,7 +639,7 @@ def slow_node(args, ctx):
     """oob-mirror with a node that answers after the filter's timeout, next to the same run
     with the fast node: what a slow node costs the clients (p99) and how the filter sheds."""
     runs = []
-    case = CASES[1]
+    case = case_by_key("b")
     for payload in [p for p in PAYLOADS if p.key in ("get", "1k")]:
         for node_state in ("up", "slow"):
             run = run_one(case, node_state, payload, ctx, args)
@@ -711,7 +718,7 @@ def node(args):
 def memory(ctx):
     rows = []
     for concurrency in (1, 2):
-        for case in (CASES[0], CASES[1]):
+        for case in (case_by_key("a"), case_by_key("b")):
             config = case_config(case, ctx["upstream"].port, ctx["node"].port, free_port())
             envoy = Envoy(f"memory-{case.key}-c{concurrency}", config, concurrency, cpus=None)
             try:
@@ -907,7 +914,7 @@ def parse_args():
     p.add_argument("--seconds", type=int, default=10, help="measured seconds per run")
     p.add_argument("--warmup", type=int, default=3, help="warm-up seconds per run")
     p.add_argument("--connections", type=int, default=16)
-    p.add_argument("--cases", default="abcdef", help="subset of abcdef")
+    p.add_argument("--cases", default="abcdefg", help="subset of abcdefg")
     p.add_argument("--payloads", default="get,1k,64k", help="subset of get,1k,64k")
     p.add_argument("--node", default="up,down", help="subset of up,down")
     p.add_argument("--only", choices=["throughput", "slow-node", "memory", "node"],
@@ -916,19 +923,23 @@ def parse_args():
     args = p.parse_args()
     args.payloads = args.payloads.split(",")
     args.node = args.node.split(",")
-    if not set(args.cases) <= set("abcdef") or not set(args.payloads) <= {"get", "1k", "64k"} \
+    if not set(args.cases) <= set("abcdefg") or not set(args.payloads) <= {"get", "1k", "64k"} \
             or not set(args.node) <= {"up", "down"}:
         p.error("unknown case, payload or node state")
     return args
 
 
 def main():
-    global ENVOY_BIN, WASM, NGINX, EXTPROC_SINK, SINK, NODE_BENCH
+    global ENVOY_BIN, WASM, EMPTY_WASM, NGINX, EXTPROC_SINK, SINK, NODE_BENCH
     args = parse_args()
     ENVOY_BIN = find_tool("Envoy", "ENVOY_BIN", ROOT / ".envoy" / "1.40.0" / "bin" / "envoy")
     WASM = Path(os.environ.get("OOB_MIRROR_WASM") or ROOT / "dist" / "oob_mirror.wasm")
     if not WASM.is_file():
         raise BenchError(f"{WASM} missing: `make wasm`")
+    EMPTY_WASM = Path(os.environ.get("EMPTY_FILTER_WASM") or ROOT / "tools/profile/empty-filter"
+                      / "target/wasm32-wasip1/release/empty_filter.wasm")
+    if not EMPTY_WASM.is_file():
+        raise BenchError(f"{EMPTY_WASM} missing: `make bench-setup`")
     NGINX = find_tool("nginx", "NGINX_BIN", "nginx")
     find_tool("wrk", "WRK_BIN", "wrk")
     EXTPROC_SINK = find_tool("extproc-sink", "EXTPROC_SINK",
