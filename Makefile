@@ -34,8 +34,14 @@ WASM_MAX_BYTES := 256000
 WASM_BUILT    := target/$(WASM_TARGET)/release/oob_mirror.wasm
 WASM_OUT      := dist/oob_mirror.wasm
 # The Wasm features rustc's wasm32-wasip1 target emits; wasm-opt must be told.
-WASM_OPT_FLAGS := -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
   --enable-nontrapping-float-to-int
+WASM_OPT_FLAGS := -O3 $(WASM_FEATURES)
+# The exports the module keeps (wasm-metadce roots): the SDK exports every proxy_on_* callback,
+# and Envoy enters the VM for each one a module exports, even when it does nothing (on_done
+# once per stream). A callback the filter starts to use must be added here; its end-to-end test
+# fails until it is.
+WASM_EXPORTS  := tools/wasm-exports.json
 OCI_DIR       := dist/oci
 # make push IMAGE=registry/repository:tag [PUSH_FLAGS='--dest-tls-verify=false ...']
 IMAGE         ?=
@@ -91,8 +97,12 @@ wasm:
 	$(CARGO) build --release --target $(WASM_TARGET) --lib
 	@mkdir -p dist
 	@command -v wasm-opt >/dev/null || { echo "error: wasm-opt not found (Debian package binaryen; \`make setup\` installs it)" >&2; exit 1; }
-	@# binaryen's -O3 after rustc's "s": 15% smaller at the same instructions per exchange in Envoy.
-	wasm-opt $(WASM_OPT_FLAGS) '$(WASM_BUILT)' -o '$(WASM_OUT)'
+	@# Only the callbacks the filter uses stay exported (GET exchange: 1.6 k fewer instructions
+	@# in Envoy, 12 KB less module), then binaryen's -O3 after rustc's "s": 15% smaller at the
+	@# same instructions per exchange in Envoy.
+	wasm-metadce $(WASM_FEATURES) --graph-file '$(WASM_EXPORTS)' '$(WASM_BUILT)' -o '$(WASM_OUT).kept' >/dev/null
+	wasm-opt $(WASM_OPT_FLAGS) '$(WASM_OUT).kept' -o '$(WASM_OUT)'
+	@rm -f '$(WASM_OUT).kept'
 	@size=$$(wc -c < '$(WASM_OUT)'); size=$$((size)); \
 	echo "$(WASM_OUT): $$size bytes (limit $(WASM_MAX_BYTES))"; \
 	if [ "$$size" -gt $(WASM_MAX_BYTES) ]; then \
@@ -103,7 +113,8 @@ wasm-trap:
 	$(CARGO) build --release --target $(WASM_TARGET) --lib --features test-trap \
 	  --target-dir '$(WASM_TRAP_DIR)'
 	@mkdir -p dist
-	@cp '$(WASM_TRAP_DIR)/$(WASM_TARGET)/release/oob_mirror.wasm' '$(WASM_TRAP_OUT)'
+	wasm-metadce $(WASM_FEATURES) --graph-file '$(WASM_EXPORTS)' \
+	  '$(WASM_TRAP_DIR)/$(WASM_TARGET)/release/oob_mirror.wasm' -o '$(WASM_TRAP_OUT)' >/dev/null
 
 sink:
 	@bash tools/ensure_packages.sh $(NODE_PACKAGES)
