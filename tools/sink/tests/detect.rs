@@ -410,10 +410,6 @@ fn pages_show_the_detections_and_the_counters() {
 /// gRPC status UNAVAILABLE (in the headers: a trailers-only answer), unread.
 #[test]
 fn analysis_falling_behind_refuses_ext_proc_streams_unavailable() {
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Bytes;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-
     let (rig, release_tx) = Rig::held(1);
     let mut batch = Vec::new();
     exchange(&mut batch, "a0", "GET", "/etc/passwd", &[], b"");
@@ -425,32 +421,8 @@ fn analysis_falling_behind_refuses_ext_proc_streams_unavailable() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(async move {
-            let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
-            let (mut sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .unwrap();
-            tokio::spawn(conn);
-            let req = hyper::Request::post(format!(
-                "http://{addr}{}",
-                oob_mirror_sink::detect::extproc::PROCESS_PATH
-            ))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
-            .unwrap();
-            let resp = sender.send_request(req).await.unwrap();
-            let status = resp.status();
-            let header = |n: &str| {
-                resp.headers()
-                    .get(n)
-                    .map(|v| v.to_str().unwrap().to_owned())
-            };
-            let (grpc, msg) = (header("grpc-status"), header("grpc-message"));
-            let _ = resp.into_body().collect().await;
-            (status, grpc, msg)
-        });
+        .block_on(common::open_process_stream(addr, &[]))
+        .unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(grpc_status.as_deref(), Some("14"));
     assert_eq!(message.as_deref(), Some("analysis is behind"));

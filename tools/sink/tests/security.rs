@@ -12,11 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::pki::Ca;
 use common::{exchange, post_blocking, send_on, tls_connect, tls_connector};
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use oob_mirror_sink::detect::extproc::PROCESS_PATH;
 use oob_mirror_sink::{Node, NodeConfig, RequiredHeaders, TlsConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -265,27 +263,10 @@ fn required_header_refuses_batches_and_ext_proc_streams_unread() {
 
     // ext_proc: UNAUTHENTICATED in a trailers-only answer, the stream unread.
     let stream = |extra: Option<(&'static str, &'static str)>| {
-        rt.block_on(async {
-            let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
-            let (mut sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .unwrap();
-            tokio::spawn(conn);
-            let mut req = hyper::Request::post(format!("http://{addr}{PROCESS_PATH}"))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers");
-            if let Some((n, v)) = extra {
-                req = req.header(n, v);
-            }
-            let req = req
-                .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
-                .unwrap();
-            let resp = sender.send_request(req).await.unwrap();
-            let grpc_status = resp.headers().get("grpc-status").cloned();
-            let _ = resp.into_body().collect().await;
-            grpc_status.map(|v| v.to_str().unwrap().to_owned())
-        })
+        let extra: Vec<_> = extra.into_iter().collect();
+        rt.block_on(common::open_process_stream(addr, &extra))
+            .unwrap()
+            .1
     };
     assert_eq!(stream(None).as_deref(), Some("16"));
     assert_eq!(stream(Some((TOKEN, "wrong"))).as_deref(), Some("16"));

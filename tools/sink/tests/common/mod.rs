@@ -224,6 +224,38 @@ where
     Ok(status)
 }
 
+/// Opens an ext_proc stream (`Process`, HTTP/2 prior knowledge) with one empty gRPC message
+/// and `extra` headers; returns the status and the `grpc-status` and `grpc-message` headers
+/// (a trailers-only answer: the node refused the stream unread).
+pub async fn open_process_stream(
+    addr: SocketAddr,
+    extra: &[(&str, &str)],
+) -> Result<(StatusCode, Option<String>, Option<String>), BoxError> {
+    use http_body_util::BodyExt;
+    let io = TokioIo::new(TcpStream::connect(addr).await?);
+    let (mut sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+    tokio::spawn(conn);
+    let path = oob_mirror_sink::detect::extproc::PROCESS_PATH;
+    let mut req = Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (grpc, message) = (header("grpc-status"), header("grpc-message"));
+    let _ = resp.into_body().collect().await;
+    Ok((status, grpc, message))
+}
+
 /// `GET path` over HTTP/1.1 on an open connection: status and body as text.
 pub async fn get_on<I>(io: I, path: &str) -> Result<(StatusCode, String), BoxError>
 where
