@@ -165,6 +165,32 @@ fn older_envoy_omits_request_id() -> bool {
     minor.is_some_and(|minor| minor < 37)
 }
 
+/// In a request-headers message that carries the `request.id` attribute, its value is the
+/// message's own `x-request-id` header (Envoy's definition; oob-mirror takes it from there).
+fn assert_request_id_is_the_header(msg: &Value, what: &str) {
+    let Some(attribute) = msg
+        .get("attributes")
+        .and_then(|a| a.get("envoy.filters.http.ext_proc"))
+        .and_then(|f| f.get("request.id"))
+    else {
+        return;
+    };
+    let header = msg["headers"]
+        .as_array()
+        .and_then(|h| h.iter().find(|f| f["key"] == "x-request-id"))
+        .map(|f| f["raw_value"].clone());
+    let value = attribute
+        .as_object()
+        .and_then(|v| v.values().next())
+        .and_then(Value::as_str)
+        .map(|v| json!(hex(v.as_bytes())));
+    assert!(
+        value.is_some(),
+        "{what}: request.id has no text: {attribute}"
+    );
+    assert_eq!(value, header, "{what}: request.id is not x-request-id");
+}
+
 fn without_request_id(mut msg: Value) -> Value {
     let fields = msg
         .get_mut("attributes")
@@ -214,6 +240,11 @@ fn streams_equal_envoys_own_ext_proc_client() {
             .iter()
             .map(|m| normalize(m, &listener))
             .collect();
+        for stream in [&reference[i], &mirrored[i]] {
+            if let Some(first) = stream.first() {
+                assert_request_id_is_the_header(first, what);
+            }
+        }
         eprintln!("{what}: Envoy's ext_proc {}", summary(&want));
         eprintln!("{what}: oob-mirror      {}", summary(&got));
         let local_reply = *what == LOCAL_REPLY;

@@ -48,8 +48,14 @@ impl ExtProcStream {
 
     /// The configured attributes, read from the host; `None` when none are configured (Envoy
     /// then sends no attributes at all). Names the host cannot resolve are left out, as Envoy
-    /// leaves out expressions that fail.
-    fn attributes(&self, direction: Direction) -> Option<Vec<(String, Value)>> {
+    /// leaves out expressions that fail. `request.id` is Envoy's `x-request-id` header, which
+    /// the request's own headers already hold: taken from there, it costs no host read (about
+    /// 14 k instructions).
+    fn attributes(
+        &self,
+        direction: Direction,
+        headers: &[(String, Vec<u8>)],
+    ) -> Option<Vec<(String, Value)>> {
         let worker = self.worker.try_borrow().ok()?;
         let names = match direction {
             Direction::Request => &worker.config.ext_proc.request_attributes,
@@ -61,9 +67,14 @@ impl ExtProcStream {
         let values = names
             .iter()
             .filter_map(|name| {
-                let bytes = hostcalls::get_property(attributes::path(name))
-                    .ok()
-                    .flatten()?;
+                let from_headers = (direction == Direction::Request && name == "request.id")
+                    .then(|| headers.iter().find(|(n, _)| n == "x-request-id"));
+                let bytes = match from_headers {
+                    Some(header) => header?.1.clone(),
+                    None => hostcalls::get_property(attributes::path(name))
+                        .ok()
+                        .flatten()?,
+                };
                 let value = attributes::value(attributes::kind(name), &bytes)?;
                 Some((name.clone(), value))
             })
@@ -103,7 +114,7 @@ impl ExtProcStream {
     }
 
     fn headers(&mut self, direction: Direction, mut headers: Vec<(String, Vec<u8>)>, eos: bool) {
-        let attributes = self.attributes(direction);
+        let attributes = self.attributes(direction, &headers);
         if let Ok(worker) = self.worker.try_borrow() {
             let progress = match direction {
                 Direction::Request => &mut self.request_body,
