@@ -7,7 +7,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use oob_mirror::config::{
-    Config, Protocol, DEFAULT_REDACT_FIELDS, DEFAULT_REDACT_HEADERS, MIN_BATCH_BYTES,
+    Config, HeaderValue, Protocol, DEFAULT_REDACT_FIELDS, DEFAULT_REDACT_HEADERS, MIN_BATCH_BYTES,
+    RATE_ALL,
 };
 use serde_json::{json, Value};
 
@@ -90,11 +91,18 @@ fn check_bounds(config: &Config) {
     assert!(config.capture.request_body_max <= 64 << 20);
     assert!(config.capture.response_body_max <= 64 << 20);
     assert!((1..=65_536).contains(&config.ext_proc.max_streams));
+    assert!(config.sampling.rate_ppm <= RATE_ALL);
+    assert_ne!(config.sampling.max_per_second, Some(0));
+    assert!(config
+        .scope
+        .exclude_paths
+        .iter()
+        .all(|p| p.starts_with('/')));
 }
 
 fn written_out(config: &Config) -> Vec<u8> {
     let c = config;
-    json!({
+    let c_json = json!({
         "node": {
             "cluster": c.node.cluster,
             "authority": c.node.authority,
@@ -104,6 +112,15 @@ fn written_out(config: &Config) -> Vec<u8> {
                 Protocol::Batch => "batch",
                 Protocol::ExtProc => "ext_proc",
             },
+            "headers": c.node.headers.iter().map(|h| match &h.value {
+                HeaderValue::Inline(value) => json!({"name": h.name, "value": value}),
+                HeaderValue::Env(var) => json!({"name": h.name, "value_env": var}),
+            }).collect::<Vec<_>>(),
+        },
+        "scope": {
+            "exclude_paths": c.scope.exclude_paths,
+            "include_hosts": c.scope.include_hosts,
+            "methods": c.scope.methods,
         },
         "ext_proc": {
             "request_attributes": c.ext_proc.request_attributes,
@@ -114,6 +131,7 @@ fn written_out(config: &Config) -> Vec<u8> {
             "request_body_max": c.capture.request_body_max,
             "response_body_max": c.capture.response_body_max,
             "max_buffered_bytes": c.capture.max_buffered_bytes,
+            "skip_body_content_types": c.capture.skip_body_content_types,
         },
         // The lists hold the defaults first, then what the JSON added: write out the added.
         "redact": {
@@ -131,8 +149,22 @@ fn written_out(config: &Config) -> Vec<u8> {
             "max_inflight": c.batch.max_inflight,
         },
     })
-    .to_string()
-    .into_bytes()
+    .to_string();
+    // The rate as a plain decimal: serde_json would write 0.000001 as 1e-6, which the
+    // configuration refuses.
+    let rate = c.sampling.rate_ppm;
+    let mut sampling = format!(
+        r#""sampling":{{"rate":{}.{:06},"shed":{}"#,
+        rate / RATE_ALL,
+        rate % RATE_ALL,
+        c.sampling.shed
+    );
+    if let Some(max) = c.sampling.max_per_second {
+        sampling.push_str(&format!(r#","max_per_second":{max}"#));
+    }
+    let mut text = c_json;
+    text.truncate(text.len() - 1);
+    format!("{text},{sampling}}}}}").into_bytes()
 }
 
 fuzz_target!(|data: &[u8]| {
