@@ -64,22 +64,42 @@ impl BatchQueue {
 
     /// Queues one encoded record at time `now_ms`.
     pub fn push(&mut self, record: &[u8], now_ms: u64) -> Push {
-        if self.queued_bytes.saturating_add(record.len()) > self.max_queue_bytes {
+        self.push_with(now_ms, |out| out.extend_from_slice(record))
+    }
+
+    /// Queues the record `encode` appends, written straight into the open batch: a record's
+    /// bytes (a 64 KiB body) are copied once fewer than through a buffer of its own.
+    pub fn push_with(&mut self, now_ms: u64, encode: impl FnOnce(&mut Vec<u8>)) -> Push {
+        if self.open.records == 0 && self.open.body.capacity() == 0 {
+            self.open.body = self.spare.pop().unwrap_or_default();
+        }
+        let start = self.open.body.len();
+        encode(&mut self.open.body);
+        let len = self.open.body.len().saturating_sub(start);
+        if self.queued_bytes.saturating_add(len) > self.max_queue_bytes {
+            self.open.body.truncate(start);
             return Push::QueueFull;
         }
-        let would_pass = self.open.body.len().saturating_add(record.len()) > self.max_bytes;
-        if self.open.records > 0 && would_pass {
-            self.seal();
+        if self.open.records > 0 && self.open.body.len() > self.max_bytes {
+            // The record would pass the batch's budget: it starts the next batch (one copy of
+            // one record per batch sealed this way).
+            let mut next = self.spare.pop().unwrap_or_default();
+            next.extend_from_slice(self.open.body.get(start..).unwrap_or_default());
+            self.open.body.truncate(start);
+            let full = std::mem::replace(
+                &mut self.open,
+                Batch {
+                    body: next,
+                    records: 0,
+                },
+            );
+            self.sealed.push_back(full);
         }
         if self.open.records == 0 {
             self.open_since_ms = now_ms;
-            if self.open.body.capacity() == 0 {
-                self.open.body = self.spare.pop().unwrap_or_default();
-            }
         }
-        self.open.body.extend_from_slice(record);
         self.open.records += 1;
-        self.queued_bytes += record.len();
+        self.queued_bytes += len;
         self.queued_records += 1;
         if self.open.records >= self.max_records || self.open.body.len() >= self.max_bytes {
             self.seal();
@@ -233,6 +253,25 @@ mod tests {
             Push::Queued,
             "room again once a batch left"
         );
+    }
+
+    #[test]
+    fn a_refused_or_moved_record_leaves_the_open_batch_as_it_was() {
+        let mut q = BatchQueue::new(&config(100, 5, 8));
+        assert_eq!(
+            q.push_with(0, |out| out.extend_from_slice(b"abc")),
+            Push::Queued
+        );
+        let refused = q.push_with(0, |out| out.extend_from_slice(b"0123456"));
+        assert_eq!(refused, Push::QueueFull);
+        // Encoded in place past max_bytes: the record starts the next batch, whole.
+        assert_eq!(
+            q.push_with(0, |out| out.extend_from_slice(b"def")),
+            Push::Queued
+        );
+        assert_eq!(q.take_ready(0).unwrap().body, b"abc");
+        assert_eq!(q.take_ready(10).unwrap().body, b"def");
+        assert_eq!((q.queued_bytes(), q.queued_records()), (0, 0));
     }
 
     #[test]

@@ -71,8 +71,6 @@ pub struct Shipper {
     backoff: Backoff,
     counters: Counters,
     inflight: HashMap<u32, InFlight>,
-    /// Reused encoding buffer: one allocation per worker, not per record.
-    scratch: Vec<u8>,
     /// Failures and recovery, for Envoy's log.
     pub log: FailureLog,
     /// Secrets are replaced before a record is encoded; `None` when redaction is off.
@@ -87,7 +85,6 @@ impl Shipper {
             backoff: Backoff::default(),
             counters: Counters::default(),
             inflight: HashMap::new(),
-            scratch: Vec::new(),
             log: FailureLog::new("batches", "records", &config.node.cluster),
             redactor,
         }
@@ -101,21 +98,23 @@ impl Shipper {
                 record.path = path;
             }
         }
-        self.scratch.clear();
-        encode_request(record, &mut self.scratch);
-        self.admit(&record.body, now_ms);
+        let push = self
+            .queue
+            .push_with(now_ms, |out| encode_request(record, out));
+        self.admit(&record.body, push);
     }
 
     pub fn capture_response(&mut self, record: &mut ResponseRecord, now_ms: u64) {
         if let Some(r) = &self.redactor {
             r.record(&mut record.headers, &mut record.trailers, &mut record.body);
         }
-        self.scratch.clear();
-        encode_response(record, &mut self.scratch);
-        self.admit(&record.body, now_ms);
+        let push = self
+            .queue
+            .push_with(now_ms, |out| encode_response(record, out));
+        self.admit(&record.body, push);
     }
 
-    fn admit(&mut self, body: &BodyCapture, now_ms: u64) {
+    fn admit(&mut self, body: &BodyCapture, push: Push) {
         self.counters.records_captured += 1;
         if body.skipped_by_type() {
             self.counters.bodies_skipped_content_type += 1;
@@ -125,12 +124,8 @@ impl Shipper {
         if body.cut_by_budget() {
             self.counters.bodies_truncated_budget += 1;
         }
-        if self.queue.push(&self.scratch, now_ms) == Push::QueueFull {
+        if push == Push::QueueFull {
             self.counters.records_dropped_queue_full += 1;
-        }
-        // An unusually large record must not pin its capacity for the worker's lifetime.
-        if self.scratch.capacity() > 256 * 1024 {
-            self.scratch = Vec::new();
         }
     }
 
