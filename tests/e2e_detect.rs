@@ -1,4 +1,4 @@
-//! The analysis node (`oob-mirror-sink --detect`'s detector) behind a real
+//! The analysis node (`oob-mirror-node --detect`'s detector) behind a real
 //! Envoy with the filter: each attack class is reported with its OWASP CRS
 //! rule family, benign API calls are not, and CRS run on the mirrored records
 //! finds exactly what CRS run on the original traffic finds.
@@ -14,10 +14,10 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use oob_mirror_sink::detect::exchange::{Exchange, ResponsePart};
-use oob_mirror_sink::detect::pool::{Detection, Detector, PoolConfig};
-use oob_mirror_sink::detect::{attach, RulesConfig};
-use oob_mirror_sink::{Node, NodeConfig};
+use oob_mirror_node::detect::exchange::{Exchange, ResponsePart};
+use oob_mirror_node::detect::pool::{Detection, Detector, PoolConfig};
+use oob_mirror_node::detect::{attach, RulesConfig};
+use oob_mirror_node::{Node, NodeConfig};
 use support::client::{Client, Proto, Req, ReqBody, Resp};
 use support::envoy::{envoy_ext_proc, Filter};
 use support::upstream::Upstream;
@@ -180,7 +180,7 @@ fn original(envoy: &Envoy, req: &Req, resp: &Resp) -> Exchange {
     }
 }
 
-fn rule_ids(rules: &[oob_mirror_sink::detect::RuleMatch]) -> BTreeSet<u32> {
+fn rule_ids(rules: &[oob_mirror_node::detect::RuleMatch]) -> BTreeSet<u32> {
     rules.iter().map(|m| m.id).collect()
 }
 

@@ -20,8 +20,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oob_mirror_sink::detect::exchange::Exchange;
-use oob_mirror_sink::{NodeConfig, RequiredHeaders, TlsConfig};
+use oob_mirror_node::detect::exchange::Exchange;
+use oob_mirror_node::{NodeConfig, RequiredHeaders, TlsConfig};
 use serde_json::{json, Value};
 use support::client::{Client, Proto, Req};
 use support::paths::{repo_root, TempDir};

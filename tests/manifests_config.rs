@@ -60,7 +60,7 @@ fn template_values() -> Vec<(&'static str, String)> {
         ("WALLARM_NODE_PORT", WALLARM_NODE_PORT.to_string()),
         (
             "SINK_IMAGE",
-            "registry.example.com/oob-mirror-sink:test".to_owned(),
+            "registry.example.com/oob-mirror-node:test".to_owned(),
         ),
     ]
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # oob-mirror demo: a real Envoy with the filter in front of a demo upstream,
-# the sink as the analysis node (OWASP CRS, `oob-mirror-sink --detect`), and
+# the sink as the analysis node (OWASP CRS, `oob-mirror-node --detect`), and
 # sample API traffic: the seed's test (`GET /etc/passwd`), SQL injection, XSS,
 # command injection, a database error leaking in a response, and benign calls.
 #
@@ -11,7 +11,7 @@
 # Environment (all optional):
 #   ENVOY_BIN        Envoy binary            (`make demo` passes it; see `make setup`)
 #   OOB_MIRROR_WASM  the filter module       (default: dist/oob_mirror.wasm, see `make wasm`)
-#   SINK_BIN         the analysis node       (default: target/release/oob-mirror-sink, `make sink`)
+#   SINK_BIN         the analysis node       (default: target/release/oob-mirror-node, `make sink`)
 #   PROTOCOL         batch (default) or ext_proc
 #   PYTHON           python3 interpreter     (default: python3)
 #
@@ -25,7 +25,7 @@ cd "$ROOT"
 
 ENVOY_BIN=${ENVOY_BIN:-$ROOT/.envoy/1.40.0/bin/envoy}
 OOB_MIRROR_WASM=${OOB_MIRROR_WASM:-$ROOT/dist/oob_mirror.wasm}
-SINK_BIN=${SINK_BIN:-$ROOT/target/release/oob-mirror-sink}
+SINK_BIN=${SINK_BIN:-$ROOT/target/release/oob-mirror-node}
 PYTHON=${PYTHON:-python3}
 PROTOCOL=${PROTOCOL:-batch}
 

@@ -1,5 +1,5 @@
 //! Shared end-to-end harness: a real Envoy running the oob-mirror module, a
-//! test upstream, a test analysis node (`oob-mirror-sink`) and client helpers.
+//! test upstream, a test analysis node (`oob-mirror-node`) and client helpers.
 //!
 //! Each integration test file includes this module with `mod support;`; not
 //! every test file uses every helper.
@@ -12,7 +12,7 @@ pub mod load;
 pub mod oci;
 pub mod paths;
 /// A CA and certificates made in the test; the node's own tests use the same file.
-#[path = "../../tools/sink/tests/common/pki.rs"]
+#[path = "../../node/tests/common/pki.rs"]
 pub mod pki;
 pub mod ports;
 pub mod raw_http;

@@ -1,9 +1,9 @@
-//! The test analysis node (`oob-mirror-sink`) and helpers over its records.
+//! The test analysis node (`oob-mirror-node`) and helpers over its records.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-pub use oob_mirror_sink::{Behavior, HeaderValue, Kind, Node, Record};
+pub use oob_mirror_node::{Behavior, HeaderValue, Kind, Node, Record};
 
 use super::envoy::Envoy;
 use super::stats::{self, Stats};

@@ -13,7 +13,7 @@ each with the node up and down (port closed), for GET, 1 KiB and 64 KiB POSTs.
 The HTTP node of (b)-(d) is a second Envoy answering 200 (node-envoy.yaml); the
 node of (e) and (f) is tools/extproc-sink.
 
-The node part measures the analysis node itself (`oob-mirror-sink --detect`,
+The node part measures the analysis node itself (`oob-mirror-node --detect`,
 OWASP CRS): exchanges analysed per second, and per core of CPU it used, for
 four traffic mixes posted by `node-bench` as the filter posts batches.
 
@@ -865,8 +865,8 @@ def render_markdown(results):
     nd = results.get("node")
     if nd:
         out += ["## Analysis node (OWASP CRS)", "", when(nd), "",
-                "`oob-mirror-sink --detect` alone, OWASP CRS 3.3 at paranoia 1 through "
-                "libmodsecurity 3, analysis threads = cores, loaded by `tools/sink` "
+                "`oob-mirror-node --detect` alone, OWASP CRS 3.3 at paranoia 1 through "
+                "libmodsecurity 3, analysis threads = cores, loaded by `node` "
                 "`node-bench` (4 keep-alive connections posting batches of 32 exchanges, "
                 "request and response records, as the filter does) for the measured seconds. "
                 "exchanges/s: analysed, until the queue drained; per core: analysed per "
@@ -949,7 +949,7 @@ def main():
     find_tool("wrk", "WRK_BIN", "wrk")
     EXTPROC_SINK = find_tool("extproc-sink", "EXTPROC_SINK",
                              ROOT / "tools/extproc-sink/target/release/extproc-sink")
-    SINK = find_tool("oob-mirror-sink", "SINK_BIN", ROOT / "target/release/oob-mirror-sink")
+    SINK = find_tool("oob-mirror-node", "SINK_BIN", ROOT / "target/release/oob-mirror-node")
     NODE_BENCH = find_tool("node-bench", "NODE_BENCH", ROOT / "target/release/node-bench")
 
     out_dir = Path(args.out)

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::{post_blocking, push_http_request, push_http_response};
 use hyper::StatusCode;
-use oob_mirror_sink::detect::pool::{Detector, PoolConfig};
-use oob_mirror_sink::detect::{attach, RulesConfig};
-use oob_mirror_sink::{Node, NodeConfig};
+use oob_mirror_node::detect::pool::{Detector, PoolConfig};
+use oob_mirror_node::detect::{attach, RulesConfig};
+use oob_mirror_node::{Node, NodeConfig};
 
 fn chromium() -> PathBuf {
     for candidate in ["chromium", "chromium-browser", "google-chrome"] {

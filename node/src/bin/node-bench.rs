@@ -1,4 +1,4 @@
-//! `node-bench`: load for `oob-mirror-sink --detect`, for `make bench`'s node
+//! `node-bench`: load for `oob-mirror-node --detect`, for `make bench`'s node
 //! part. Posts the same batch (32 exchanges of one traffic mix, encoded as the
 //! filter encodes them) over keep-alive HTTP/1.1 connections for a while, and
 //! prints one JSON line: batches and exchanges the node took, and 503s.

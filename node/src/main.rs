@@ -1,4 +1,4 @@
-//! `oob-mirror-sink`: a stand-alone analysis node that prints every record it
+//! `oob-mirror-node`: a stand-alone analysis node that prints every record it
 //! receives as one line of JSON on stdout or, with `--detect`, runs OWASP CRS
 //! on every exchange and prints the attacks.
 //!
@@ -11,17 +11,17 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use oob_mirror_sink::detect::pool::{Detection, Detector, PoolConfig};
-use oob_mirror_sink::detect::{attach, report, RulesConfig};
-use oob_mirror_sink::{
+use oob_mirror_node::detect::pool::{Detection, Detector, PoolConfig};
+use oob_mirror_node::detect::{attach, report, RulesConfig};
+use oob_mirror_node::{
     to_json_line, BatchHook, BatchInfo, Behavior, Node, NodeConfig, RequiredHeaders, TlsConfig,
     TlsErrorHook,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
 const USAGE: &str = "\
-usage: oob-mirror-sink [--listen ADDR] [--status CODE] [--delay-ms MS] [SECURITY OPTIONS]
-       oob-mirror-sink --detect [--listen ADDR] [SECURITY OPTIONS] [DETECTION OPTIONS]
+usage: oob-mirror-node [--listen ADDR] [--status CODE] [--delay-ms MS] [SECURITY OPTIONS]
+       oob-mirror-node --detect [--listen ADDR] [SECURITY OPTIONS] [DETECTION OPTIONS]
 
 Receives oob-mirror batches (HTTP/1.1 or h2c, POST on any path) and prints
 each record as one JSON line on stdout. GET /metrics shows the node's
@@ -88,14 +88,14 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("oob-mirror-sink: {e}\n\n{USAGE}");
+            eprintln!("oob-mirror-node: {e}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("oob-mirror-sink: {e}");
+            eprintln!("oob-mirror-node: {e}");
             ExitCode::FAILURE
         }
     }
@@ -180,7 +180,7 @@ fn tls_error_printer() -> TlsErrorHook {
                 } else {
                     String::new()
                 };
-                eprintln!("oob-mirror-sink: TLS handshake from {peer} failed: {why}{more}");
+                eprintln!("oob-mirror-node: TLS handshake from {peer} failed: {why}{more}");
                 *last = Some((Instant::now(), 0));
             }
         }
@@ -200,7 +200,7 @@ fn print_detection(detection: &Detection) {
 /// batches never interleave, and flushes so readers see them at once.
 fn print_batch(batch: &BatchInfo) {
     if let Some(e) = &batch.error {
-        eprintln!("oob-mirror-sink: batch on {} rejected: {e}", batch.path);
+        eprintln!("oob-mirror-node: batch on {} rejected: {e}", batch.path);
         return;
     }
     let mut out = String::new();
@@ -210,7 +210,7 @@ fn print_batch(batch: &BatchInfo) {
                 out.push_str(&line);
                 out.push('\n');
             }
-            Err(e) => eprintln!("oob-mirror-sink: cannot render record: {e}"),
+            Err(e) => eprintln!("oob-mirror-node: cannot render record: {e}"),
         }
     }
     let mut stdout = io::stdout().lock();

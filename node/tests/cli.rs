@@ -1,4 +1,4 @@
-//! The `oob-mirror-sink` binary as `make demo` runs it.
+//! The `oob-mirror-node` binary as `make demo` runs it.
 
 // Helpers outside `#[test]` functions: a failure should fail the test.
 #![allow(clippy::unwrap_used, clippy::panic)]
@@ -50,7 +50,7 @@ fn spawn_with_env(
     mpsc::Receiver<String>,
     SocketAddr,
 ) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_oob-mirror-sink"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oob-mirror-node"))
         .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
@@ -101,7 +101,7 @@ fn prints_one_json_line_per_record_and_exits_on_sigterm() {
 
 #[test]
 fn bad_arguments_exit_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_oob-mirror-sink"))
+    let out = Command::new(env!("CARGO_BIN_EXE_oob-mirror-node"))
         .arg("--nope")
         .output()
         .unwrap();
@@ -222,7 +222,7 @@ fn detect_prints_one_json_line_per_attack_and_serves_the_attacks_page() {
 
 #[test]
 fn detect_refuses_a_bad_rule_file_at_start() {
-    let out = Command::new(env!("CARGO_BIN_EXE_oob-mirror-sink"))
+    let out = Command::new(env!("CARGO_BIN_EXE_oob-mirror-node"))
         .args([
             "--detect",
             "--listen",
@@ -324,7 +324,7 @@ fn tls_and_required_headers_from_flags_and_the_environment() {
     assert!(post_blocking(addr, false, 2, exchange("plain")).is_err());
     let said = stderr.recv_timeout(WAIT).unwrap();
     assert!(
-        said.starts_with("oob-mirror-sink: TLS handshake from 127.0.0.1:")
+        said.starts_with("oob-mirror-node: TLS handshake from 127.0.0.1:")
             && said.contains("failed"),
         "{said}"
     );
@@ -388,7 +388,7 @@ fn bad_tls_files_stop_the_node_with_one_line() {
             "does not match",
         ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_oob-mirror-sink"))
+        let out = Command::new(env!("CARGO_BIN_EXE_oob-mirror-node"))
             .args(["--listen", "127.0.0.1:0", "--require-header", &secret])
             .arg("--tls-cert")
             .arg(certs.path(cert))
@@ -401,7 +401,7 @@ fn bad_tls_files_stop_the_node_with_one_line() {
         assert_eq!(err.lines().count(), 1, "{err}");
         let path = certs.path(at_fault).display().to_string();
         assert!(
-            err.starts_with(&format!("oob-mirror-sink: {path}: ")) && err.contains(says),
+            err.starts_with(&format!("oob-mirror-node: {path}: ")) && err.contains(says),
             "{err}"
         );
         assert!(!err.contains(SECRET) && !err.contains("PRIVATE"), "{err}");
@@ -412,7 +412,7 @@ fn bad_tls_files_stop_the_node_with_one_line() {
         vec!["--require-header", &secret, "--help"],
         vec!["--require-header", SECRET],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_oob-mirror-sink"))
+        let out = Command::new(env!("CARGO_BIN_EXE_oob-mirror-node"))
             .args(&args)
             .output()
             .unwrap();

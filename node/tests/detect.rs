@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::{post_blocking, push_http_request, push_http_response};
 use hyper::StatusCode;
-use oob_mirror_sink::detect::pool::{Detection, DetectionHook, Detector, PoolConfig, Snapshot};
-use oob_mirror_sink::detect::{attach, RulesConfig};
-use oob_mirror_sink::{Node, NodeConfig};
+use oob_mirror_node::detect::pool::{Detection, DetectionHook, Detector, PoolConfig, Snapshot};
+use oob_mirror_node::detect::{attach, RulesConfig};
+use oob_mirror_node::{Node, NodeConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
 const JSON: (&str, &str) = ("content-type", "application/json");

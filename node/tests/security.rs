@@ -15,7 +15,7 @@ use common::{exchange, post_blocking, send_on, tls_connect, tls_connector};
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use oob_mirror_sink::{Node, NodeConfig, RequiredHeaders, TlsConfig};
+use oob_mirror_node::{Node, NodeConfig, RequiredHeaders, TlsConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
 const NODE_NAME: &str = "node.oob-mirror.test";
@@ -150,7 +150,7 @@ fn bad_certificates_and_keys_are_refused_by_file() {
     let ca = Ca::new("oob-mirror test CA");
     let leaf = ca.issue(&[NODE_NAME]);
     let another = ca.issue(&[NODE_NAME]);
-    let dir = std::env::temp_dir().join(format!("oob-mirror-sink-tls-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("oob-mirror-node-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = |name: &str, text: &str| {
         let path = dir.join(name);

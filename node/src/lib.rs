@@ -3,7 +3,7 @@
 //!
 //! - [`decode`]: batch body → [`Record`]s, strict on what the format promises.
 //! - [`record`]: the typed record.
-//! - [`json`]: one-line JSON rendering, as printed by the `oob-mirror-sink` CLI.
+//! - [`json`]: one-line JSON rendering, as printed by the `oob-mirror-node` CLI.
 //! - [`detect`]: `--detect`, OWASP CRS on the exchanges received.
 //! - [`node`]: an in-process HTTP/1.1 + h2c node with scriptable answers, for
 //!   end-to-end tests.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::{exchange, post, post_blocking, send};
 use hyper::{Method, StatusCode};
-use oob_mirror_sink::{Behavior, HeaderValue, Kind, Node, WaitError};
+use oob_mirror_node::{Behavior, HeaderValue, Kind, Node, WaitError};
 
 const WAIT: Duration = Duration::from_secs(10);
 

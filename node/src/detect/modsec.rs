@@ -142,7 +142,7 @@ impl Engine {
         if ms.is_null() || rules.is_null() {
             return Err("libmodsecurity: cannot create an instance".into());
         }
-        let connector = c_string("oob-mirror-sink")?;
+        let connector = c_string("oob-mirror-node")?;
         // SAFETY: valid instance and NUL-terminated string, copied by the callee.
         unsafe {
             msc_set_connector_info(ms, connector.as_ptr());

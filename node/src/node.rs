@@ -645,7 +645,7 @@ impl Server {
         let bound = listener.local_addr()?;
         let (shutdown, shutdown_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()
-            .name(format!("oob-mirror-sink {bound}"))
+            .name(format!("oob-mirror-node {bound}"))
             .spawn(move || {
                 runtime.block_on(serve(listener, shared, shutdown_rx));
                 // Dropping the runtime cancels every connection task, which
