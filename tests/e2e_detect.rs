@@ -14,9 +14,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use oob_mirror_node::detect::exchange::{Exchange, ResponsePart};
-use oob_mirror_node::detect::pool::{Detection, Detector, PoolConfig};
-use oob_mirror_node::detect::{attach, RulesConfig};
+use oob_mirror_node::analysis::pool::{Detection, Detector, PoolConfig};
+use oob_mirror_node::analysis::{attach, RulesConfig};
+use oob_mirror_node::pairing::{Exchange, ResponsePart};
 use oob_mirror_node::{Node, NodeConfig};
 use support::client::{Client, Proto, Req, ReqBody, Resp};
 use support::envoy::{envoy_ext_proc, Filter};
@@ -180,7 +180,7 @@ fn original(envoy: &Envoy, req: &Req, resp: &Resp) -> Exchange {
     }
 }
 
-fn rule_ids(rules: &[oob_mirror_node::detect::RuleMatch]) -> BTreeSet<u32> {
+fn rule_ids(rules: &[oob_mirror_node::analysis::RuleMatch]) -> BTreeSet<u32> {
     rules.iter().map(|m| m.id).collect()
 }
 

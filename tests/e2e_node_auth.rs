@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use oob_mirror_node::intake::security::RequiredHeaders;
 use oob_mirror_node::node::NodeConfig;
-use oob_mirror_node::security::RequiredHeaders;
 use support::client::{Client, Req};
 use support::records::{id_census, Node};
 use support::{stats, Envoy, EnvoyConfig, Upstream, EVENTUALLY};

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oob_mirror_node::detect::exchange::Exchange;
+use oob_mirror_node::pairing::Exchange;
 use oob_mirror_node::{NodeConfig, RequiredHeaders, TlsConfig};
 use serde_json::{json, Value};
 use support::client::{Client, Proto, Req};

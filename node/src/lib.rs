@@ -1,29 +1,25 @@
-//! Reference reader of the oob-mirror wire format (docs/wire-format.md) and
-//! a test analysis node.
+//! The oob-mirror analysis node, in the order an exchange goes through it:
 //!
-//! - [`decode`]: batch body → [`Record`]s, strict on what the format promises.
-//! - [`record`]: the typed record.
-//! - [`json`]: one-line JSON rendering, as printed by the `oob-mirror-node` CLI.
-//! - [`detect`]: `--detect`, OWASP CRS on the exchanges received.
-//! - [`node`]: an in-process HTTP/1.1 + h2c node with scriptable answers, for
-//!   end-to-end tests.
-//! - [`security`]: TLS on the node's listener and the headers it can require.
+//! - [`intake`]: what arrives. Batches in wire format v1 (docs/wire-format.md) and Envoy
+//!   ext_proc streams, over HTTP/1.1, h2c or TLS, with the headers the node can require.
+//! - [`pairing`]: a request record and its response record become one [`pairing::Exchange`],
+//!   with bounded memory; bodies are decompressed with a bound.
+//! - [`analysis`]: OWASP CRS by libmodsecurity 3 on a pool of threads, detection only.
+//! - [`report`]: the JSON line of a detection, the `/attacks` page and `/metrics`.
 //!
-//! This crate runs on the host only; the filter (built for wasm) never
-//! depends on it.
+//! This crate runs on the host only; the filter (built for wasm) never depends on it.
 
-pub mod decode;
-pub mod detect;
-pub mod json;
+pub mod analysis;
+pub mod intake;
 pub mod node;
-pub mod record;
-pub mod security;
+pub mod pairing;
+pub mod report;
 
-pub use decode::{decode_batch, decode_record, DecodeError, DecodeErrorKind, VERSION};
-pub use json::{to_json, to_json_line};
+pub use intake::json::{to_json, to_json_line};
+pub use intake::record::{HeaderList, HeaderValue, Kind, Record};
+pub use intake::security::{RequiredHeaders, TlsConfig};
+pub use intake::wire::{decode_batch, decode_record, DecodeError, DecodeErrorKind, VERSION};
 pub use node::{
     BatchHook, BatchInfo, Behavior, GateHook, Node, NodeConfig, Page, PageHook, TlsErrorHook,
     WaitError,
 };
-pub use record::{HeaderList, HeaderValue, Kind, Record};
-pub use security::{RequiredHeaders, TlsConfig};

@@ -11,8 +11,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use oob_mirror_node::detect::pool::{Detection, Detector, PoolConfig};
-use oob_mirror_node::detect::{attach, report, RulesConfig};
+use oob_mirror_node::analysis::pool::{Detection, Detector, PoolConfig};
+use oob_mirror_node::analysis::{attach, RulesConfig};
+use oob_mirror_node::report;
 use oob_mirror_node::{
     to_json_line, BatchHook, BatchInfo, Behavior, Node, NodeConfig, RequiredHeaders, TlsConfig,
     TlsErrorHook,

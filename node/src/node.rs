@@ -33,11 +33,11 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, Notify};
 
-use crate::decode::{decode_batch, DecodeError};
-use crate::detect::exchange::Exchange;
-use crate::detect::extproc::{ExtProcStream, PROCESS_PATH};
-use crate::record::Record;
-use crate::security::{RequiredHeaders, TlsConfig};
+use crate::intake::extproc::{ExtProcStream, PROCESS_PATH};
+use crate::intake::record::Record;
+use crate::intake::security::{RequiredHeaders, TlsConfig};
+use crate::intake::wire::{decode_batch, DecodeError};
+use crate::pairing::Exchange;
 
 /// Largest batch body accepted; far above the filter's `batch.max_bytes`
 /// default (1 MiB), it only guards the test process against runaway input.
@@ -102,7 +102,7 @@ pub type BatchHook = Arc<dyn Fn(&BatchInfo) + Send + Sync>;
 pub type GateHook = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Takes each ext_proc stream (`POST` on
-/// [`PROCESS_PATH`](crate::detect::extproc::PROCESS_PATH), gRPC) once it is
+/// [`PROCESS_PATH`](crate::intake::extproc::PROCESS_PATH), gRPC) once it is
 /// over: its exchange, or why it could not be read.
 pub type ExtProcHook = Arc<dyn Fn(Result<Exchange, String>) + Send + Sync>;
 

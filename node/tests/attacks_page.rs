@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::{post_blocking, push_http_request, push_http_response};
 use hyper::StatusCode;
-use oob_mirror_node::detect::pool::{Detector, PoolConfig};
-use oob_mirror_node::detect::{attach, RulesConfig};
+use oob_mirror_node::analysis::pool::{Detector, PoolConfig};
+use oob_mirror_node::analysis::{attach, RulesConfig};
 use oob_mirror_node::{Node, NodeConfig};
 
 fn chromium() -> PathBuf {

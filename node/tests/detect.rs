@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{post_blocking, push_http_request, push_http_response};
 use hyper::StatusCode;
-use oob_mirror_node::detect::pool::{Detection, DetectionHook, Detector, PoolConfig, Snapshot};
-use oob_mirror_node::detect::{attach, RulesConfig};
+use oob_mirror_node::analysis::pool::{Detection, DetectionHook, Detector, PoolConfig, Snapshot};
+use oob_mirror_node::analysis::{attach, RulesConfig};
 use oob_mirror_node::{Node, NodeConfig};
 
 const WAIT: Duration = Duration::from_secs(10);

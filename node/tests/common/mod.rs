@@ -235,7 +235,7 @@ pub async fn open_process_stream(
     let io = TokioIo::new(TcpStream::connect(addr).await?);
     let (mut sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
     tokio::spawn(conn);
-    let path = oob_mirror_node::detect::extproc::PROCESS_PATH;
+    let path = oob_mirror_node::intake::extproc::PROCESS_PATH;
     let mut req = Request::post(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers");

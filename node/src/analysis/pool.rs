@@ -10,9 +10,9 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::exchange::{Exchange, Pairer, Pairing};
 use super::{RuleMatch, RulesConfig};
-use crate::record::Record;
+use crate::intake::record::Record;
+use crate::pairing::{Exchange, Pairer, Pairing};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {

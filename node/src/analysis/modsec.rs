@@ -9,8 +9,8 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
-use super::exchange::Exchange;
 use super::RuleMatch;
+use crate::pairing::Exchange;
 
 #[repr(C)]
 struct ModSecurity {

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::record::{HeaderValue, Record};
+use crate::intake::record::{HeaderValue, Record};
 
 impl Serialize for HeaderValue {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -118,7 +118,7 @@ pub fn to_json_line(record: &Record) -> serde_json::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Kind;
+    use crate::intake::record::Kind;
 
     fn record(kind: Kind, body: &[u8]) -> Record {
         Record {

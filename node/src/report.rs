@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::pool::{Detection, Snapshot};
+use crate::analysis::pool::{Detection, Snapshot};
 
 /// The detection as one line of JSON (no newline).
 pub fn json_line(d: &Detection) -> String {
@@ -229,7 +229,7 @@ pub fn metrics(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::RuleMatch;
+    use crate::analysis::RuleMatch;
 
     fn detection() -> Detection {
         Detection {

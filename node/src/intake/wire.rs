@@ -11,7 +11,7 @@ use std::io::Cursor;
 
 use rmpv::Value;
 
-use crate::record::{HeaderList, HeaderValue, Kind, Record};
+use crate::intake::record::{HeaderList, HeaderValue, Kind, Record};
 
 /// The format version this reader understands.
 pub const VERSION: u64 = 1;

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 
-use crate::record::{HeaderList, Record};
+use crate::intake::record::{HeaderList, Record};
 
 pub type Headers = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -286,7 +286,7 @@ impl Pairer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Kind;
+    use crate::intake::record::Kind;
     use std::io::Write;
 
     fn record(kind: Kind, id: &str) -> Record {

@@ -6,7 +6,7 @@
 //! `ProcessingRequest`; only the fields an exchange needs are read, by a small
 //! protobuf reader (the node has no generated code).
 
-use super::exchange::{Exchange, Headers, ResponsePart};
+use crate::pairing::{Exchange, Headers, ResponsePart};
 
 pub const PROCESS_PATH: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
 

@@ -1,19 +1,11 @@
-//! `--detect`: the sink as an analysis node. Every exchange it receives
-//! (request and response paired by id) goes through OWASP CRS run by
-//! libmodsecurity 3, in detection-only mode, tuned for APIs.
+//! Analysis: every exchange (request and response paired by id) goes through
+//! OWASP CRS run by libmodsecurity 3, in detection-only mode, tuned for APIs.
 //!
-//! - [`exchange`]: the analysed unit, pairing with bounded memory, bodies
-//!   decompressed with a bound.
-//! - [`extproc`]: ext_proc streams read into exchanges.
 //! - [`modsec`]: libmodsecurity through its C API.
 //! - [`pool`]: analysis threads, the bounded queue, counters, recent detections.
-//! - [`report`]: the JSON line, the `/attacks` page and `/metrics`.
 
-pub mod exchange;
-pub mod extproc;
 pub mod modsec;
 pub mod pool;
-pub mod report;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -149,11 +141,11 @@ pub fn attach(config: &mut NodeConfig, detector: &Arc<Detector>, on_records: Opt
     config.pages = Some(Arc::new(move |path: &str| match path {
         "/" | "/attacks" => Some(Page {
             content_type: "text/html; charset=utf-8",
-            body: report::attacks_page(&d.recent(), &d.snapshot()),
+            body: crate::report::attacks_page(&d.recent(), &d.snapshot()),
         }),
         "/metrics" => Some(Page {
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: report::metrics(&d.snapshot()),
+            body: crate::report::metrics(&d.snapshot()),
         }),
         _ => None,
     }));
@@ -161,8 +153,8 @@ pub fn attach(config: &mut NodeConfig, detector: &Arc<Detector>, on_records: Opt
 
 #[cfg(test)]
 mod tests {
-    use super::exchange::{Exchange, ResponsePart};
     use super::*;
+    use crate::pairing::{Exchange, ResponsePart};
 
     fn ids(ex: &Exchange) -> Vec<u32> {
         let engine = RulesConfig::default().engine().unwrap();
