@@ -12,12 +12,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use oob_mirror_node::analysis::pool::{Detection, Detector, PoolConfig};
-use oob_mirror_node::analysis::{attach, RulesConfig};
+use oob_mirror_node::analysis::pool::{Detection, PoolConfig};
+use oob_mirror_node::analysis::RulesConfig;
+use oob_mirror_node::app::{App, AppConfig};
 use oob_mirror_node::pairing::{Exchange, ResponsePart};
-use oob_mirror_node::{Node, NodeConfig};
 use support::client::{Client, Proto, Req, ReqBody, Resp};
 use support::envoy::{envoy_ext_proc, Filter};
 use support::upstream::Upstream;
@@ -193,21 +193,21 @@ struct Run {
 
 fn run(filter: Filter, node_http2: bool) -> Run {
     let upstream = Upstream::start();
-    let detector = Arc::new(
-        Detector::start(
-            &RulesConfig::default(),
-            PoolConfig {
-                threads: 2,
-                ..PoolConfig::default()
-            },
-            None,
-        )
-        .unwrap(),
-    );
-    let mut config = NodeConfig::default();
-    attach(&mut config, &detector, None);
-    let node = Node::start_with(config).unwrap();
-    let mut envoy_config = EnvoyConfig::new(upstream.port(), node.port());
+    let found: Arc<Mutex<Vec<Detection>>> = Arc::default();
+    let collect = Arc::clone(&found);
+    let node = App::start(AppConfig {
+        pool: PoolConfig {
+            threads: 2,
+            ..PoolConfig::default()
+        },
+        on_detection: Some(Arc::new(move |d: &Detection| {
+            collect.lock().unwrap().push(d.clone())
+        })),
+        ..AppConfig::new(([127, 0, 0, 1], 0).into())
+    })
+    .unwrap();
+    let detector = Arc::clone(node.detector());
+    let mut envoy_config = EnvoyConfig::new(upstream.port(), node.addr().port());
     envoy_config.filter = filter;
     if node_http2 {
         envoy_config = envoy_config.node_http2();
@@ -232,9 +232,8 @@ fn run(filter: Filter, node_http2: bool) -> Run {
     );
     assert_eq!(snapshot.exchanges_analysed, n, "{snapshot:?}");
     assert_eq!(snapshot.decode_errors, 0, "{snapshot:?}");
-    assert!(node.errors().is_empty());
-    let detections = detector.recent();
     drop(node);
+    let detections = std::mem::take(&mut *found.lock().unwrap());
     Run {
         envoy,
         sent,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oob_mirror_node::intake::security::RequiredHeaders;
-use oob_mirror_node::node::NodeConfig;
+use recording_node::NodeConfig;
 use support::client::{Client, Req};
 use support::records::{id_census, Node};
 use support::{stats, Envoy, EnvoyConfig, Upstream, EVENTUALLY};

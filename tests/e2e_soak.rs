@@ -21,7 +21,7 @@ use support::stats;
 use support::wait::poll_until;
 use support::{client::Client, Envoy, EnvoyConfig, Upstream};
 
-use oob_mirror_node::NodeConfig;
+use recording_node::NodeConfig;
 
 const DEFAULT_SECS: u64 = 60;
 const WORKERS: u32 = 2;

@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oob_mirror_node::pairing::Exchange;
-use oob_mirror_node::{NodeConfig, RequiredHeaders, TlsConfig};
+use oob_mirror_node::{RequiredHeaders, TlsConfig};
+use recording_node::NodeConfig;
 use serde_json::{json, Value};
 use support::client::{Client, Proto, Req};
 use support::paths::{repo_root, TempDir};

@@ -6,20 +6,19 @@
 //!   with bounded memory; bodies are decompressed with a bound.
 //! - [`analysis`]: OWASP CRS by libmodsecurity 3 on a pool of threads, detection only.
 //! - [`report`]: the JSON line of a detection, the `/attacks` page and `/metrics`.
+//! - [`web`]: what is served on `GET`.
+//! - [`app`]: all of it assembled, as the binary runs it.
 //!
 //! This crate runs on the host only; the filter (built for wasm) never depends on it.
 
 pub mod analysis;
+pub mod app;
 pub mod intake;
-pub mod node;
 pub mod pairing;
 pub mod report;
+pub mod web;
 
 pub use intake::json::{to_json, to_json_line};
 pub use intake::record::{HeaderList, HeaderValue, Kind, Record};
 pub use intake::security::{RequiredHeaders, TlsConfig};
 pub use intake::wire::{decode_batch, decode_record, DecodeError, DecodeErrorKind, VERSION};
-pub use node::{
-    BatchHook, BatchInfo, Behavior, GateHook, Node, NodeConfig, Page, PageHook, TlsErrorHook,
-    WaitError,
-};

@@ -1,6 +1,6 @@
-//! `oob-mirror-node`: a stand-alone analysis node that prints every record it
-//! receives as one line of JSON on stdout or, with `--detect`, runs OWASP CRS
-//! on every exchange and prints the attacks.
+//! `oob-mirror-node`: the analysis node. It receives oob-mirror batches and Envoy ext_proc
+//! streams, pairs each request with its response, runs OWASP CRS on every exchange and
+//! reports each attack as one JSON line on stdout, on its pages and in `/metrics`.
 //!
 //! Scripts wait for `listening on ADDR` on stderr before sending traffic.
 
@@ -11,26 +11,25 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use oob_mirror_node::analysis::pool::{Detection, Detector, PoolConfig};
-use oob_mirror_node::analysis::{attach, RulesConfig};
+use oob_mirror_node::analysis::pool::{Detection, PoolConfig};
+use oob_mirror_node::analysis::RulesConfig;
+use oob_mirror_node::app::{App, AppConfig, RecordsHook};
+use oob_mirror_node::intake::server::{BatchInfo, TlsErrorHook};
 use oob_mirror_node::report;
-use oob_mirror_node::{
-    to_json_line, BatchHook, BatchInfo, Behavior, Node, NodeConfig, RequiredHeaders, TlsConfig,
-    TlsErrorHook,
-};
+use oob_mirror_node::{to_json_line, RequiredHeaders, TlsConfig};
 use tokio::signal::unix::{signal, SignalKind};
 
 const USAGE: &str = "\
-usage: oob-mirror-node [--listen ADDR] [--status CODE] [--delay-ms MS] [SECURITY OPTIONS]
-       oob-mirror-node --detect [--listen ADDR] [SECURITY OPTIONS] [DETECTION OPTIONS]
+usage: oob-mirror-node [--listen ADDR] [SECURITY OPTIONS] [DETECTION OPTIONS]
 
-Receives oob-mirror batches (HTTP/1.1 or h2c, POST on any path) and prints
-each record as one JSON line on stdout. GET /metrics shows the node's
-counters (Prometheus text).
+Receives oob-mirror batches (HTTP/1.1 or h2c, POST on any path) and Envoy
+ext_proc streams (observability mode), pairs every request with its
+response and runs it through OWASP CRS by libmodsecurity, detection only.
+Each exchange where a rule matched is printed as one JSON line on stdout.
+GET /attacks shows them, GET /metrics the counters (Prometheus text),
+GET /healthz answers ok.
 
   --listen ADDR   address to listen on (default 127.0.0.1:9090; port 0 = any)
-  --status CODE   status to answer every batch with (default 204)
-  --delay-ms MS   answer 200 after MS milliseconds (default 0)
 
 Security (docs/node-security.md):
 
@@ -45,10 +44,7 @@ Security (docs/node-security.md):
   --require-header-env NAME:VAR the same, the value read from the environment
                                 variable VAR (keeps it out of the process list)
 
-With --detect, every exchange (request and response paired by id) is run
-through OWASP CRS by libmodsecurity, detection only; each exchange where a
-rule matched is printed as one JSON line. GET /attacks shows the recent
-ones, GET /metrics the counters (Prometheus text).
+Detection:
 
   --paranoia N            CRS paranoia level, 1 to 4 (default 1)
   --rules FILE            extra ModSecurity rules, loaded last (repeatable)
@@ -60,14 +56,15 @@ ones, GET /metrics the counters (Prometheus text).
                           then goes alone (default 10000)
   --max-pending N         records waiting for their other half, at most (default 10000)
   --max-decompressed N    largest decompressed body analysed, bytes (default 1048576)
-  --print-records         print the records too, as without --detect
+  --print-records         print every record too, as one JSON line
+  --detect                accepted and ignored: the node always analyses (older
+                          scripts passed it)
 ";
 
 #[derive(Debug)]
 struct Args {
     listen: SocketAddr,
-    behavior: Behavior,
-    detect: Option<DetectArgs>,
+    detect: DetectArgs,
     /// Certificate and key files.
     tls: Option<(PathBuf, PathBuf)>,
     /// Its `Debug` never shows a value.
@@ -103,7 +100,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> io::Result<()> {
-    // The node has its own runtime; this one only waits for signals.
+    // The node has its own threads; this runtime only waits for signals.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -122,37 +119,25 @@ fn run(args: Args) -> io::Result<()> {
         Some((cert, key)) => Some(TlsConfig::from_files(cert, key).map_err(io::Error::other)?),
         None => None,
     };
-    let mut config = NodeConfig {
-        addr: args.listen,
-        behavior: args.behavior,
-        // Records are printed, not kept: the process may run for long.
-        retain: false,
-        on_batch: Some(Arc::new(print_batch)),
+    let all = args.detect.print_records;
+    // Rejected batches are always said (on stderr); records only when asked.
+    let print: RecordsHook = Arc::new(move |batch: &BatchInfo| {
+        if all || batch.error.is_some() {
+            print_batch(batch);
+        }
+    });
+    let config = AppConfig {
         on_tls_error: tls.is_some().then(tls_error_printer),
         tls,
         require_headers: args.require,
-        ..NodeConfig::default()
+        rules: args.detect.rules,
+        pool: args.detect.pool,
+        on_detection: Some(Arc::new(print_detection)),
+        on_batch: Some(print),
+        ..AppConfig::new(args.listen)
     };
-    let detector = match args.detect {
-        Some(detect) => {
-            let detector = Arc::new(
-                Detector::start(&detect.rules, detect.pool, Some(Arc::new(print_detection)))
-                    .map_err(io::Error::other)?,
-            );
-            let all = detect.print_records;
-            // Rejected batches are always said (on stderr); records only when asked.
-            let print: BatchHook = Arc::new(move |batch: &BatchInfo| {
-                if all || batch.error.is_some() {
-                    print_batch(batch);
-                }
-            });
-            attach(&mut config, &detector, Some(print));
-            Some(detector)
-        }
-        None => None,
-    };
-    let mut node = Node::start_with(config)?;
-    eprintln!("listening on {}", node.addr());
+    let mut app = App::start(config)?;
+    eprintln!("listening on {}", app.addr());
 
     runtime.block_on(async {
         tokio::select! {
@@ -160,8 +145,8 @@ fn run(args: Args) -> io::Result<()> {
             _ = terminate.recv() => {}
         }
     });
-    node.stop();
-    drop(detector);
+    app.stop();
+    drop(app);
     Ok(())
 }
 
@@ -224,11 +209,7 @@ fn print_batch(batch: &BatchInfo) {
 /// `Ok(None)` means help was asked for.
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut listen = SocketAddr::from(([127, 0, 0, 1], 9090));
-    let mut status: Option<u16> = None;
-    let mut delay_ms: u64 = 0;
-    let mut detect = false;
     let mut d = DetectArgs::default();
-    let mut detect_flag: Option<String> = None;
     let (mut tls_cert, mut tls_key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
     let mut require = RequiredHeaders::default();
     while let Some(arg) = it.next() {
@@ -251,22 +232,6 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
                     .parse()
                     .map_err(|_| format!("--listen: not an ip:port address: {v}"))?;
             }
-            "--status" => {
-                let v = value()?;
-                let code: u16 = v
-                    .parse()
-                    .map_err(|_| format!("--status: not a number: {v}"))?;
-                if !(100..=999).contains(&code) {
-                    return Err(format!("--status: not an HTTP status: {code}"));
-                }
-                status = Some(code);
-            }
-            "--delay-ms" => {
-                let v = value()?;
-                delay_ms = v
-                    .parse()
-                    .map_err(|_| format!("--delay-ms: not a number: {v}"))?;
-            }
             "--tls-cert" => tls_cert = Some(value()?.into()),
             "--tls-key" => tls_key = Some(value()?.into()),
             // Errors below name the header, never the value.
@@ -285,10 +250,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
                     .add(name, &secret)
                     .map_err(|e| format!("--require-header-env ({var}): {e}"))?;
             }
-            "--detect" => detect = true,
+            "--detect" => {}
             "--print-records" => {
                 d.print_records = true;
-                detect_flag = Some(flag);
             }
             "--paranoia" => {
                 let n: u8 = number(&flag, &value()?)?;
@@ -296,48 +260,31 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
                     return Err(format!("--paranoia: 1 to 4, not {n}"));
                 }
                 d.rules.paranoia = n;
-                detect_flag = Some(flag);
             }
             "--rules" => {
                 d.rules.extra.push(value()?.into());
-                detect_flag = Some(flag);
             }
             "--crs" => {
                 d.rules.crs_rules = value()?.into();
-                detect_flag = Some(flag);
             }
             "--threads" => {
                 d.pool.threads = positive(&flag, &value()?)?;
-                detect_flag = Some(flag);
             }
             "--queue" => {
                 d.pool.queue = positive(&flag, &value()?)?;
-                detect_flag = Some(flag);
             }
             "--max-pending" => {
                 d.pool.max_pending = positive(&flag, &value()?)?;
-                detect_flag = Some(flag);
             }
             "--max-decompressed" => {
                 d.pool.max_decompressed = positive(&flag, &value()?)?;
-                detect_flag = Some(flag);
             }
             "--pair-timeout-ms" => {
                 d.pool.pair_timeout = Duration::from_millis(number(&flag, &value()?)?);
-                detect_flag = Some(flag);
             }
             other => return Err(format!("unknown argument: {other}")),
         }
     }
-    if let (false, Some(flag)) = (detect, &detect_flag) {
-        return Err(format!("{flag} needs --detect"));
-    }
-    let behavior = match (status, delay_ms) {
-        (None, 0) => Behavior::Ok,
-        (Some(code), 0) => Behavior::Status(code),
-        (None, ms) => Behavior::Delay(Duration::from_millis(ms)),
-        (Some(_), _) => return Err("--delay-ms always answers 200; drop --status".into()),
-    };
     let tls = match (tls_cert, tls_key) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
@@ -346,8 +293,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     };
     Ok(Some(Args {
         listen,
-        behavior,
-        detect: detect.then_some(d),
+        detect: d,
         tls,
         require,
     }))
@@ -376,34 +322,29 @@ mod tests {
     fn defaults() {
         let a = parse(&[]).unwrap().unwrap();
         assert_eq!(a.listen.to_string(), "127.0.0.1:9090");
-        assert_eq!(a.behavior, Behavior::Ok);
+        assert_eq!(a.detect.rules.paranoia, 1);
+        assert!(!a.detect.print_records);
     }
 
     #[test]
     fn flags() {
-        let a = parse(&["--listen", "127.0.0.1:0", "--status=500"])
+        let a = parse(&["--listen", "127.0.0.1:0", "--detect", "--print-records"])
             .unwrap()
             .unwrap();
         assert_eq!(a.listen.port(), 0);
-        assert_eq!(a.behavior, Behavior::Status(500));
-        let a = parse(&["--delay-ms", "250"]).unwrap().unwrap();
-        assert_eq!(a.behavior, Behavior::Delay(Duration::from_millis(250)));
-        let a = parse(&["--status", "204", "--delay-ms", "0"])
-            .unwrap()
-            .unwrap();
-        assert_eq!(a.behavior, Behavior::Status(204));
+        assert!(a.detect.print_records);
     }
 
     #[test]
     fn errors() {
-        assert!(parse(&["--status", "5000"]).is_err());
+        // The test node's fault flags are not the product's.
+        assert!(parse(&["--status", "500"])
+            .unwrap_err()
+            .contains("unknown argument: --status"));
+        assert!(parse(&["--delay-ms", "10"]).is_err());
         assert!(parse(&["--listen"]).is_err());
         assert!(parse(&["--bogus"]).is_err());
-        assert!(parse(&["--status", "500", "--delay-ms", "10"]).is_err());
         assert!(parse(&["-h"]).unwrap().is_none());
-        assert!(parse(&["--paranoia", "2"])
-            .unwrap_err()
-            .contains("needs --detect"));
         assert!(parse(&["--detect", "--paranoia", "5"]).is_err());
         assert!(parse(&["--detect", "--threads", "0"]).is_err());
     }
@@ -442,7 +383,6 @@ mod tests {
 
     #[test]
     fn detect_flags() {
-        assert!(parse(&[]).unwrap().unwrap().detect.is_none());
         let a = parse(&[
             "--detect",
             "--paranoia=2",
@@ -459,7 +399,7 @@ mod tests {
         ])
         .unwrap()
         .unwrap();
-        let d = a.detect.unwrap();
+        let d = a.detect;
         assert_eq!(d.rules.paranoia, 2);
         assert_eq!(d.rules.extra.len(), 2);
         assert_eq!(d.pool.threads, 3);

@@ -10,14 +10,12 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{post_blocking, push_http_request, push_http_response};
 use hyper::StatusCode;
-use oob_mirror_node::analysis::pool::{Detector, PoolConfig};
-use oob_mirror_node::analysis::{attach, RulesConfig};
-use oob_mirror_node::{Node, NodeConfig};
+use oob_mirror_node::analysis::pool::PoolConfig;
+use oob_mirror_node::app::{App, AppConfig};
 
 fn chromium() -> PathBuf {
     for candidate in ["chromium", "chromium-browser", "google-chrome"] {
@@ -72,23 +70,15 @@ fn tempdir(what: &str) -> PathBuf {
 
 #[test]
 fn the_attacks_page_lists_the_attacks_in_a_real_browser() {
-    let detector = Arc::new(
-        Detector::start(
-            &RulesConfig::default(),
-            PoolConfig {
-                threads: 1,
-                ..PoolConfig::default()
-            },
-            None,
-        )
-        .unwrap(),
-    );
-    let mut config = NodeConfig {
-        retain: false,
-        ..NodeConfig::default()
-    };
-    attach(&mut config, &detector, None);
-    let node = Node::start_with(config).unwrap();
+    let node = App::start(AppConfig {
+        pool: PoolConfig {
+            threads: 1,
+            ..PoolConfig::default()
+        },
+        ..AppConfig::new(([127, 0, 0, 1], 0).into())
+    })
+    .unwrap();
+    let detector = node.detector();
 
     let base = [
         ("host", "api.example.com"),

@@ -70,11 +70,11 @@ fn spawn_with_env(
 
 #[test]
 fn prints_one_json_line_per_record_and_exits_on_sigterm() {
-    let args = ["--listen", "127.0.0.1:0", "--status", "202"].map(OsStr::new);
+    let args = ["--listen", "127.0.0.1:0", "--print-records"].map(OsStr::new);
     let (mut child, stdout, addr) = spawn(&args);
 
     let status = post_blocking(addr, false, 2, exchange("cli")).unwrap();
-    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(status, StatusCode::NO_CONTENT);
 
     let request: serde_json::Value =
         serde_json::from_str(&stdout.recv_timeout(WAIT).unwrap()).unwrap();
@@ -278,7 +278,7 @@ fn tls_and_required_headers_from_flags_and_the_environment() {
     let certs = Certs::new("tls");
     let (cert, key) = (certs.path("cert.pem"), certs.path("key.pem"));
     let second = format!("x-second:{SECOND}");
-    let mut args = ["--listen", "127.0.0.1:0", "--tls-cert"]
+    let mut args = ["--listen", "127.0.0.1:0", "--print-records", "--tls-cert"]
         .map(OsStr::new)
         .to_vec();
     args.extend([cert.as_os_str(), OsStr::new("--tls-key"), key.as_os_str()]);

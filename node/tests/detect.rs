@@ -1,5 +1,4 @@
-//! `--detect` in process: a node with a detector attached, fed batches the
-//! way the filter sends them.
+//! The node in process (the product's `App`), fed batches the way the filter sends them.
 
 // Test helpers outside `#[test]` functions: a failure should fail the test.
 #![allow(clippy::unwrap_used)]
@@ -12,30 +11,25 @@ use std::time::{Duration, Instant};
 
 use common::{post_blocking, push_http_request, push_http_response};
 use hyper::StatusCode;
-use oob_mirror_node::analysis::pool::{Detection, DetectionHook, Detector, PoolConfig, Snapshot};
-use oob_mirror_node::analysis::{attach, RulesConfig};
-use oob_mirror_node::{Node, NodeConfig};
+use oob_mirror_node::analysis::pool::{Detection, DetectionHook, PoolConfig, Snapshot};
+use oob_mirror_node::app::{App, AppConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
 const JSON: (&str, &str) = ("content-type", "application/json");
 
 struct Rig {
-    node: Node,
-    detector: Arc<Detector>,
+    node: App,
 }
 
 impl Rig {
     fn start(pool: PoolConfig, hook: Option<DetectionHook>) -> Rig {
-        let detector = Arc::new(Detector::start(&RulesConfig::default(), pool, hook).unwrap());
-        let mut config = NodeConfig {
-            retain: false,
-            ..NodeConfig::default()
-        };
-        attach(&mut config, &detector, None);
-        Rig {
-            node: Node::start_with(config).unwrap(),
-            detector,
-        }
+        let node = App::start(AppConfig {
+            pool,
+            on_detection: hook,
+            ..AppConfig::new(([127, 0, 0, 1], 0).into())
+        })
+        .unwrap();
+        Rig { node }
     }
 
     /// One analysis thread that holds each detection until released (the
@@ -61,7 +55,7 @@ impl Rig {
     fn wait(&self, what: &str, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
         let deadline = Instant::now() + WAIT;
         loop {
-            let s = self.detector.snapshot();
+            let s = self.node.detector().snapshot();
             if done(&s) {
                 return s;
             }
@@ -78,7 +72,11 @@ impl Rig {
     }
 
     fn detection(&self, id: &str) -> Option<Detection> {
-        self.detector.recent().into_iter().find(|d| d.id == id)
+        self.node
+            .detector()
+            .recent()
+            .into_iter()
+            .find(|d| d.id == id)
     }
 }
 
@@ -287,7 +285,7 @@ fn a_request_without_its_response_is_analysed_alone_after_the_timeout() {
     push_http_response(&mut batch, "orphan", 200, &[], b"");
     let sent = Instant::now();
     assert_eq!(rig.post(2, batch), StatusCode::NO_CONTENT);
-    assert_eq!(rig.detector.snapshot().pending, 2);
+    assert_eq!(rig.node.detector().snapshot().pending, 2);
     rig.wait_analysed(1);
     assert!(sent.elapsed() >= Duration::from_millis(300));
     rig.wait("the orphan response dropped", |s| {
@@ -295,7 +293,7 @@ fn a_request_without_its_response_is_analysed_alone_after_the_timeout() {
     });
     let d = rig.detection("alone").unwrap();
     assert_eq!(d.status, None);
-    let s = rig.detector.snapshot();
+    let s = rig.node.detector().snapshot();
     assert_eq!(
         (s.paired, s.unpaired_requests, s.unpaired_responses),
         (0, 1, 1)
@@ -349,10 +347,10 @@ fn analysis_falling_behind_answers_503_then_recovers() {
     };
     assert_eq!(rig.post(6, attacks(0, 3)), StatusCode::NO_CONTENT);
     // Queued before the answer: the next batch finds the queue full.
-    assert_eq!(rig.detector.snapshot().queued, 3);
+    assert_eq!(rig.node.detector().snapshot().queued, 3);
     assert_eq!(rig.post(2, attacks(3, 1)), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(rig.post(2, attacks(3, 1)), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(rig.detector.snapshot().batches_refused_busy, 2);
+    assert_eq!(rig.node.detector().snapshot().batches_refused_busy, 2);
     for _ in 0..3 {
         release_tx.send(()).unwrap();
     }
@@ -426,7 +424,7 @@ fn analysis_falling_behind_refuses_ext_proc_streams_unavailable() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(grpc_status.as_deref(), Some("14"));
     assert_eq!(message.as_deref(), Some("analysis is behind"));
-    let s = rig.detector.snapshot();
+    let s = rig.node.detector().snapshot();
     assert_eq!((s.batches_refused_busy, s.extproc_streams), (1, 0));
     for _ in 0..2 {
         release_tx.send(()).unwrap();

@@ -3,7 +3,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-pub use oob_mirror_node::{Behavior, HeaderValue, Kind, Node, Record};
+pub use oob_mirror_node::{HeaderValue, Kind, Record};
+pub use recording_node::{Behavior, Node};
 
 use super::envoy::Envoy;
 use super::stats::{self, Stats};

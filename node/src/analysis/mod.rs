@@ -8,10 +8,6 @@ pub mod modsec;
 pub mod pool;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-
-use crate::node::{BatchHook, BatchInfo, NodeConfig, Page};
-use pool::Detector;
 
 /// One rule that matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,39 +112,6 @@ SecRuleRemoveById 920350
         let files: Vec<&std::path::Path> = self.extra.iter().map(PathBuf::as_path).collect();
         modsec::Engine::new(&self.text()?, &files)
     }
-}
-
-/// Makes a node an analysis node: its batches and ext_proc streams feed
-/// `detector` (batches also `on_records`, e.g. printing, when given),
-/// `GET /attacks` and `/metrics` read it, and a full analysis queue answers
-/// batches 503 and streams `UNAVAILABLE`.
-pub fn attach(config: &mut NodeConfig, detector: &Arc<Detector>, on_records: Option<BatchHook>) {
-    let d = Arc::clone(detector);
-    config.on_batch = Some(Arc::new(move |batch: &BatchInfo| {
-        if batch.error.is_some() {
-            d.count_decode_error();
-        }
-        if let Some(hook) = &on_records {
-            hook(batch);
-        }
-        d.submit_records(batch.records.clone());
-    }));
-    let d = Arc::clone(detector);
-    config.on_extproc = Some(Arc::new(move |stream| d.submit_extproc(stream)));
-    let d = Arc::clone(detector);
-    config.gate = Some(Arc::new(move || d.admit()));
-    let d = Arc::clone(detector);
-    config.pages = Some(Arc::new(move |path: &str| match path {
-        "/" | "/attacks" => Some(Page {
-            content_type: "text/html; charset=utf-8",
-            body: crate::report::attacks_page(&d.recent(), &d.snapshot()),
-        }),
-        "/metrics" => Some(Page {
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: crate::report::metrics(&d.snapshot()),
-        }),
-        _ => None,
-    }));
 }
 
 #[cfg(test)]

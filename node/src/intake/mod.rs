@@ -10,4 +10,5 @@ pub mod extproc;
 pub mod json;
 pub mod record;
 pub mod security;
+pub mod server;
 pub mod wire;

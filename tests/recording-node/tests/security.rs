@@ -4,6 +4,7 @@
 // Helpers outside `#[test]` functions: a failure should fail the test.
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../../node/tests/common/mod.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +16,8 @@ use common::{exchange, post_blocking, send_on, tls_connect, tls_connector};
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use oob_mirror_node::{Node, NodeConfig, RequiredHeaders, TlsConfig};
+use oob_mirror_node::{RequiredHeaders, TlsConfig};
+use recording_node::{Node, NodeConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
 const NODE_NAME: &str = "node.oob-mirror.test";
