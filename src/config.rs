@@ -57,10 +57,25 @@ impl Default for SamplingConfig {
     }
 }
 
+/// Where values of redacted names become keyed markers (src/redact.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedactMode {
+    /// Credential-shaped values (and `gateway_fields`) become markers here; the other values
+    /// go to the node in clear, marked, for it to analyse and then seal with the same key.
+    #[default]
+    Node,
+    /// Every value of a redacted name becomes a marker here (a node that does not seal).
+    Gateway,
+}
+
 /// What is replaced by a keyed marker before a record leaves the worker (src/redact.rs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedactConfig {
     pub enabled: bool,
+    pub mode: RedactMode,
+    /// Body fields and query parameters whose values are markers here in every mode: a
+    /// password's shape says nothing about it.
+    pub gateway_fields: Vec<String>,
     /// Header names (any case), the defaults plus those configured.
     pub headers: Vec<String>,
     pub query_params: Vec<String>,
@@ -90,10 +105,15 @@ pub const DEFAULT_REDACT_FIELDS: [&str; 8] = [
     "api_key",
 ];
 
+/// Default `gateway_fields`.
+pub const DEFAULT_GATEWAY_FIELDS: [&str; 2] = ["password", "passwd"];
+
 impl Default for RedactConfig {
     fn default() -> Self {
         RedactConfig {
             enabled: true,
+            mode: RedactMode::Node,
+            gateway_fields: DEFAULT_GATEWAY_FIELDS.map(str::to_owned).to_vec(),
             headers: DEFAULT_REDACT_HEADERS.map(str::to_owned).to_vec(),
             query_params: DEFAULT_REDACT_FIELDS.map(str::to_owned).to_vec(),
             body_fields: DEFAULT_REDACT_FIELDS.map(str::to_owned).to_vec(),
@@ -535,9 +555,11 @@ impl Config {
         let r = RedactConfig::default();
         let known = [
             "enabled",
+            "mode",
             "headers",
             "query_params",
             "body_fields",
+            "gateway_fields",
             "key_env",
         ];
         // Lists add to the defaults: a configuration cannot drop a default secret by naming
@@ -546,6 +568,18 @@ impl Config {
             None => r,
             Some(s) => RedactConfig {
                 enabled: s.boolean("enabled", true)?,
+                mode: match s.get("mode") {
+                    None => r.mode,
+                    Some(Json::Str(name)) if name == "node" => RedactMode::Node,
+                    Some(Json::Str(name)) if name == "gateway" => RedactMode::Gateway,
+                    Some(Json::Str(name)) => {
+                        let reason =
+                            format!("unknown variant `{name}`, expected `node` or `gateway`");
+                        return Err(refuse("redact.mode", reason));
+                    }
+                    Some(other) => return Err(s.wrong("mode", "a string", other)),
+                },
+                gateway_fields: [r.gateway_fields, s.list("gateway_fields", Vec::new())?].concat(),
                 headers: [r.headers, s.list("headers", Vec::new())?].concat(),
                 query_params: [r.query_params, s.list("query_params", Vec::new())?].concat(),
                 body_fields: [r.body_fields, s.list("body_fields", Vec::new())?].concat(),
@@ -711,6 +745,7 @@ impl Config {
             ("redact.headers", &redact.headers),
             ("redact.query_params", &redact.query_params),
             ("redact.body_fields", &redact.body_fields),
+            ("redact.gateway_fields", &redact.gateway_fields),
         ] {
             if names.iter().any(|n| n.is_empty() || n.len() > 64) {
                 return Err(refuse(field, "names are 1 to 64 bytes"));
@@ -1039,6 +1074,37 @@ mod tests {
             assert_eq!(err.field, field, "{text}");
             assert!(!err.to_string().contains("a\nb"), "{err}");
         }
+    }
+
+    #[test]
+    fn redact_mode_and_gateway_fields() {
+        let default = Config::parse(br#"{"node":{"cluster":"n"}}"#).unwrap();
+        assert_eq!(default.redact.mode, RedactMode::Node);
+        assert_eq!(default.redact.gateway_fields, ["password", "passwd"]);
+        assert_eq!(default.redact, RedactConfig::default());
+        let config = Config::parse(
+            br#"{"node":{"cluster":"n"},"redact":{"mode":"gateway","gateway_fields":["pin"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.redact.mode, RedactMode::Gateway);
+        assert_eq!(config.redact.gateway_fields, ["password", "passwd", "pin"]);
+        let config = Config::parse(br#"{"node":{"cluster":"n"},"redact":{"mode":"node"}}"#);
+        assert_eq!(config.unwrap().redact.mode, RedactMode::Node);
+        for (json, field) in [
+            (r#"{"mode":"edge"}"#, "redact.mode"),
+            (r#"{"mode":true}"#, "redact.mode"),
+            (r#"{"gateway_fields":[""]}"#, "redact.gateway_fields"),
+            (r#"{"gateway_fields":"pin"}"#, "redact.gateway_fields"),
+            (r#"{"modes":"node"}"#, "redact.modes"),
+        ] {
+            let text = format!(r#"{{"node":{{"cluster":"n"}},"redact":{json}}}"#);
+            assert_eq!(field_of(&text), field, "{text}");
+        }
+        let err = Config::parse(br#"{"node":{"cluster":"n"},"redact":{"mode":"edge"}}"#);
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "redact.mode: unknown variant `edge`, expected `node` or `gateway`"
+        );
     }
 
     #[test]

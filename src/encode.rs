@@ -2,6 +2,7 @@
 //! reused buffer (no intermediate value tree).
 
 use crate::record::{RequestRecord, ResponseRecord};
+use crate::redact::Mark;
 
 pub const WIRE_VERSION: u64 = 1;
 
@@ -183,6 +184,21 @@ impl Writer<'_> {
         self.uint_field("ts_ns", ts_ns);
     }
 
+    /// `redact_at_node`: `[[place, index, start, end], …]`, the values of redacted names left
+    /// in clear for the node to seal (docs/wire-format.md, Redaction). Only written when there
+    /// are some, so a record without them is as it always was.
+    fn marks_field(&mut self, marks: &[Mark]) {
+        self.key("redact_at_node");
+        self.array(len32(marks.len()));
+        for mark in marks {
+            self.array(4);
+            self.str(mark.place.as_str());
+            self.uint(u64::from(mark.index));
+            self.uint(u64::from(mark.span.0));
+            self.uint(u64::from(mark.span.1));
+        }
+    }
+
     fn body_fields(&mut self, body: &crate::body::BodyCapture) {
         self.key("body");
         self.bin(body.bytes());
@@ -191,8 +207,20 @@ impl Writer<'_> {
     }
 }
 
+/// Room the marks take at most: per mark a 1-byte array marker, a place of up to 9 bytes and
+/// three uints of up to 5 bytes.
+fn marks_room(marks: &[Mark]) -> usize {
+    marks.len() * 26 + 24
+}
+
 /// Appends the request record to `out`.
 pub fn encode_request(record: &RequestRecord, out: &mut Vec<u8>) {
+    encode_request_marked(record, &[], out);
+}
+
+/// Appends the request record to `out`, with the marks of the values left for the node to
+/// redact.
+pub fn encode_request_marked(record: &RequestRecord, marks: &[Mark], out: &mut Vec<u8>) {
     // Field names and fixed-size values stay well under this.
     const FIXED_ROOM: usize = 256;
     out.reserve(
@@ -213,10 +241,12 @@ pub fn encode_request(record: &RequestRecord, out: &mut Vec<u8>) {
             + headers_room(&record.headers)
             + headers_room(&record.trailers)
             + record.body.bytes().len()
-            + 5,
+            + 5
+            + marks_room(marks),
     );
     let mut w = Writer(out);
-    w.common(14, "request", &record.id, record.ts_ns);
+    let marked = u32::from(!marks.is_empty());
+    w.common(14 + marked, "request", &record.id, record.ts_ns);
     w.str_field("method", &record.method);
     w.str_field("scheme", &record.scheme);
     w.str_field("authority", &record.authority);
@@ -229,10 +259,19 @@ pub fn encode_request(record: &RequestRecord, out: &mut Vec<u8>) {
     w.headers_field("trailers", &record.trailers);
     w.body_fields(&record.body);
     w.bool_field("complete", record.complete);
+    if marked == 1 {
+        w.marks_field(marks);
+    }
 }
 
 /// Appends the response record to `out`.
 pub fn encode_response(record: &ResponseRecord, out: &mut Vec<u8>) {
+    encode_response_marked(record, &[], out);
+}
+
+/// Appends the response record to `out`, with the marks of the values left for the node to
+/// redact.
+pub fn encode_response_marked(record: &ResponseRecord, marks: &[Mark], out: &mut Vec<u8>) {
     const FIXED_ROOM: usize = 256;
     out.reserve(
         FIXED_ROOM
@@ -242,10 +281,12 @@ pub fn encode_response(record: &ResponseRecord, out: &mut Vec<u8>) {
             + headers_room(&record.headers)
             + headers_room(&record.trailers)
             + record.body.bytes().len()
-            + 5,
+            + 5
+            + marks_room(marks),
     );
     let mut w = Writer(out);
-    w.common(9, "response", &record.id, record.ts_ns);
+    let marked = u32::from(!marks.is_empty());
+    w.common(9 + marked, "response", &record.id, record.ts_ns);
     w.uint_field("status", u64::from(record.status));
     w.str_field("details", &record.details);
     w.headers_field("headers", &record.headers);
@@ -253,6 +294,9 @@ pub fn encode_response(record: &ResponseRecord, out: &mut Vec<u8>) {
     w.body_fields(&record.body);
     w.bool_field("complete", record.complete);
     w.uint_field("duration_us", record.duration_us);
+    if marked == 1 {
+        w.marks_field(marks);
+    }
 }
 
 #[cfg(test)]
@@ -418,6 +462,55 @@ mod tests {
             get(r, "trailers").as_array().unwrap()[0],
             Value::Array(vec![Value::from("x-checksum"), Value::from("abc")])
         );
+    }
+
+    #[test]
+    fn marks_are_one_more_key_only_when_there_are_some() {
+        use crate::redact::Place;
+        let marks = [
+            Mark {
+                place: Place::Headers,
+                index: 2,
+                span: (7, 300),
+            },
+            Mark {
+                place: Place::Path,
+                index: 0,
+                span: (70_000, 70_001),
+            },
+        ];
+        let mut out = Vec::new();
+        encode_request_marked(&sample_request(), &marks, &mut out);
+        let mut plain = Vec::new();
+        encode_request(&sample_request(), &mut plain);
+        let (r, p) = (&decode_all(&out)[0], &decode_all(&plain)[0]);
+        assert_eq!(keys(r).len(), keys(p).len() + 1);
+        assert_eq!(keys(r).last(), Some(&"redact_at_node"));
+        assert_eq!(
+            get(r, "redact_at_node"),
+            &Value::Array(vec![
+                Value::Array(vec!["headers".into(), 2.into(), 7.into(), 300.into()]),
+                Value::Array(vec!["path".into(), 0.into(), 70_000.into(), 70_001.into()]),
+            ])
+        );
+        // Everything before the new key is byte for byte the unmarked record, but the map's
+        // length (a map16: marker and two bytes).
+        assert_eq!(
+            (out[..3].to_vec(), plain[..3].to_vec()),
+            (vec![0xde, 0, 19], vec![0xde, 0, 18])
+        );
+        assert_eq!(out[3..plain.len()], plain[3..]);
+        let response = ResponseRecord {
+            id: "r".into(),
+            ..ResponseRecord::default()
+        };
+        let (mut out, mut plain) = (Vec::new(), Vec::new());
+        encode_response_marked(&response, &marks[..1], &mut out);
+        encode_response_marked(&response, &[], &mut plain);
+        let (r, p) = (&decode_all(&out)[0], &decode_all(&plain)[0]);
+        assert_eq!(keys(r).len(), 14);
+        assert_eq!(keys(p).len(), 13);
+        assert_eq!(get(r, "redact_at_node").as_array().unwrap().len(), 1);
     }
 
     /// Every length class against `rmp`, an independent msgpack writer: the same, shortest,

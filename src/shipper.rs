@@ -7,10 +7,10 @@ use crate::backoff::{Backoff, Permit};
 use crate::batch::{Batch, BatchQueue, Push};
 use crate::body::BodyCapture;
 use crate::config::Config;
-use crate::encode::{encode_request, encode_response};
+use crate::encode::{encode_request_marked, encode_response_marked};
 use crate::failure_log::{FailureLog, Reason};
 use crate::record::{RequestRecord, ResponseRecord};
-use crate::redact::Redactor;
+use crate::redact::{Mark, Place, Redactor};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy)]
@@ -92,25 +92,33 @@ impl Shipper {
 
     /// Redacts the record in place, then queues it.
     pub fn capture_request(&mut self, record: &mut RequestRecord, now_ms: u64) {
+        let mut marks = Vec::new();
         if let Some(r) = &self.redactor {
-            r.record(&mut record.headers, &mut record.trailers, &mut record.body);
-            if let Some(path) = r.path(&record.path) {
+            marks = r.record(&mut record.headers, &mut record.trailers, &mut record.body);
+            let mut spans = Vec::new();
+            if let Some(path) = r.path(&record.path, &mut spans) {
                 record.path = path;
             }
+            marks.extend(spans.into_iter().map(|span| Mark {
+                place: Place::Path,
+                index: 0,
+                span,
+            }));
         }
         let push = self
             .queue
-            .push_with(now_ms, |out| encode_request(record, out));
+            .push_with(now_ms, |out| encode_request_marked(record, &marks, out));
         self.admit(&record.body, push);
     }
 
     pub fn capture_response(&mut self, record: &mut ResponseRecord, now_ms: u64) {
+        let mut marks = Vec::new();
         if let Some(r) = &self.redactor {
-            r.record(&mut record.headers, &mut record.trailers, &mut record.body);
+            marks = r.record(&mut record.headers, &mut record.trailers, &mut record.body);
         }
         let push = self
             .queue
-            .push_with(now_ms, |out| encode_response(record, out));
+            .push_with(now_ms, |out| encode_response_marked(record, &marks, out));
         self.admit(&record.body, push);
     }
 

@@ -22,7 +22,7 @@ const SECRETS: [&str; 8] = [
     "sess-9f8e7d6c5b4a",
     "hunter2-is-my-password",
     "ak_live_1234567890",
-    "qs-token-abcdef",
+    "qs-token-abcdef-0123",
     "refresh-zyxwvu",
     "form-secret-pw",
     "dXNlcjpwYXNzd29yZA",
@@ -108,7 +108,12 @@ fn no_secret_reaches_the_node_and_markers_agree_across_workers() {
             "same token, same marker"
         );
     }
-    assert!(text(req0.header("cookie")).starts_with("redacted:"));
+    // Per cookie: the session id is credential-shaped, so a marker; the name stays.
+    assert!(text(req0.header("cookie")).starts_with("session=redacted:"));
+    assert_eq!(
+        text(req0.header("cookie")).len(),
+        "session=redacted:".len() + 16
+    );
     let path = req0.path.as_deref().unwrap();
     assert!(
         path.starts_with("/upload-sha?access_token=redacted:") && path.ends_with("&page=0"),

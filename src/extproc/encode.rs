@@ -8,6 +8,12 @@ use super::attributes::Value;
 /// The namespace Envoy's ext_proc files its attributes under.
 pub const ATTRIBUTES_NAMESPACE: &str = "envoy.filters.http.ext_proc";
 
+/// The namespace of oob-mirror's own attribute: a node that does not know it reads past it.
+pub const MARKS_NAMESPACE: &str = "oob-mirror";
+
+/// The attribute listing the values of redacted names left in clear in this message.
+pub const MARKS_ATTRIBUTE: &str = "redact_at_node";
+
 /// Which half of the exchange a message belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -171,9 +177,14 @@ fn attributes_entry_len(fields: &[(String, Value)]) -> usize {
     len_field(ATTRIBUTES_NAMESPACE.len()) + len_field(struct_len(fields))
 }
 
-fn put_attributes(out: &mut Vec<u8>, fields: &[(String, Value)]) {
-    put_len(out, ATTRIBUTES, attributes_entry_len(fields));
-    put_bytes(out, 1, ATTRIBUTES_NAMESPACE.as_bytes());
+/// `attributes` entry: `{namespace: Struct}`.
+fn put_attributes(out: &mut Vec<u8>, namespace: &str, fields: &[(String, Value)]) {
+    put_len(
+        out,
+        ATTRIBUTES,
+        len_field(namespace.len()) + len_field(struct_len(fields)),
+    );
+    put_bytes(out, 1, namespace.as_bytes());
     put_len(out, 2, struct_len(fields));
     for (name, value) in fields {
         put_len(out, 1, field_entry_len(name, value));
@@ -189,6 +200,32 @@ pub fn processing_request(
     direction: Direction,
     part: Part<'_>,
     attributes: Option<&[(String, Value)]>,
+) -> Vec<u8> {
+    processing_request_marked(direction, part, attributes, &[])
+}
+
+/// `index:start-end,…`: the spans of the values left in clear, by header index in a headers
+/// message (pseudo-headers counted) and as offsets in the chunk (index 0) in a body message.
+pub fn marks_text(marks: &[(u32, (u32, u32))]) -> String {
+    let mut out = String::with_capacity(marks.len() * 12);
+    for (i, (index, (start, end))) in marks.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!("{index}:{start}-{end}"));
+    }
+    out
+}
+
+/// [`processing_request`], and when `marks` is not empty, where this message holds values of
+/// redacted names left in clear for the node to redact: a second `attributes` entry,
+/// `{MARKS_NAMESPACE: {MARKS_ATTRIBUTE: marks_text(marks)}}`. Without marks the message is
+/// the one Envoy's own client sends.
+pub fn processing_request_marked(
+    direction: Direction,
+    part: Part<'_>,
+    attributes: Option<&[(String, Value)]>,
+    marks: &[(u32, (u32, u32))],
 ) -> Vec<u8> {
     let (field, len) = match (direction, part) {
         (
@@ -220,7 +257,12 @@ pub fn processing_request(
             },
         ) => (RESPONSE_BODY, http_body_len(body, end_of_stream)),
     };
-    let attributes_len = attributes.map_or(0, |a| len_field(attributes_entry_len(a)));
+    let marks =
+        (!marks.is_empty()).then(|| [(MARKS_ATTRIBUTE.to_owned(), Value::Text(marks_text(marks)))]);
+    let attributes_len = attributes.map_or(0, |a| len_field(attributes_entry_len(a)))
+        + marks.as_ref().map_or(0, |m| {
+            len_field(len_field(MARKS_NAMESPACE.len()) + len_field(struct_len(m)))
+        });
     let mut out = Vec::with_capacity(len_field(len) + 2 + attributes_len + 2);
     put_len(&mut out, field, len);
     match part {
@@ -236,7 +278,10 @@ pub fn processing_request(
     // Envoy always sets `metadata_context`, empty unless metadata forwarding is configured.
     put_len(&mut out, METADATA_CONTEXT, 0);
     if let Some(fields) = attributes {
-        put_attributes(&mut out, fields);
+        put_attributes(&mut out, ATTRIBUTES_NAMESPACE, fields);
+    }
+    if let Some(fields) = &marks {
+        put_attributes(&mut out, MARKS_NAMESPACE, fields);
     }
     put_true(&mut out, OBSERVABILITY_MODE, true);
     out
@@ -350,6 +395,55 @@ mod tests {
         // HttpBody is 1 + 2 + 300 bytes: its length is a two-byte varint.
         assert_eq!(bytes[..5], [0x22, 0xaf, 0x02, 0x0a, 0xac]);
         assert_eq!(bytes.len(), 1 + 2 + 303 + 2 + 2);
+    }
+
+    #[test]
+    fn marks_are_a_second_attributes_entry_and_only_when_there_are_some() {
+        let part = Part::Body {
+            body: b"q=<x>",
+            end_of_stream: true,
+        };
+        let plain = processing_request(Direction::Request, part, None);
+        assert_eq!(
+            processing_request_marked(Direction::Request, part, None, &[]),
+            plain
+        );
+        let marked =
+            processing_request_marked(Direction::Request, part, None, &[(0, (2, 5)), (3, (0, 9))]);
+        assert_eq!(marks_text(&[(0, (2, 5)), (3, (0, 9))]), "0:2-5,3:0-9");
+        // HttpBody, metadata, then the entry, then observability_mode: the entry sits where
+        // Envoy puts attributes.
+        let text = b"0:2-5,3:0-9";
+        let value = [&[0x1a, text.len() as u8][..], text].concat();
+        let field = [
+            &[0x0a, MARKS_ATTRIBUTE.len() as u8][..],
+            MARKS_ATTRIBUTE.as_bytes(),
+            &[0x12, value.len() as u8],
+            &value,
+        ]
+        .concat();
+        let strukt = [&[0x0a, field.len() as u8][..], &field].concat();
+        let entry = [
+            &[0x0a, MARKS_NAMESPACE.len() as u8][..],
+            MARKS_NAMESPACE.as_bytes(),
+            &[0x12, strukt.len() as u8],
+            &strukt,
+        ]
+        .concat();
+        let mut want = plain[..plain.len() - 2].to_vec();
+        want.extend([0x4a, entry.len() as u8]);
+        want.extend(entry);
+        want.extend([0x50, 1]);
+        assert_eq!(marked, want);
+        // With Envoy's attributes too: both entries, Envoy's first.
+        let attrs = [("request.id".to_owned(), Value::Text("r".to_owned()))];
+        let both =
+            processing_request_marked(Direction::Request, part, Some(&attrs), &[(0, (2, 5))]);
+        let envoy_only = processing_request(Direction::Request, part, Some(&attrs));
+        assert_eq!(
+            both[..envoy_only.len() - 2],
+            envoy_only[..envoy_only.len() - 2]
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use super::host::{header_map, now_ms};
 use super::worker::SharedWorker;
 use crate::extproc::attributes::{self, Value};
-use crate::extproc::encode::{processing_request, Direction, Part};
+use crate::extproc::encode::{processing_request_marked, Direction, Part};
 use crate::extproc::streams::Delivery;
 use crate::redact::{Redactor, Stream};
 use crate::select::{skip_body, Request};
@@ -115,6 +115,7 @@ impl ExtProcStream {
 
     fn headers(&mut self, direction: Direction, mut headers: Vec<(String, Vec<u8>)>, eos: bool) {
         let attributes = self.attributes(direction, &headers);
+        let mut marks = Vec::new();
         if let Ok(worker) = self.worker.try_borrow() {
             let progress = match direction {
                 Direction::Request => &mut self.request_body,
@@ -130,12 +131,15 @@ impl ExtProcStream {
                 let (kind, encoded) = Redactor::body_of(&headers);
                 progress.withhold = kind.is_some() && encoded;
                 progress.redact = kind.map(|k| r.body_stream(k));
-                r.headers(&mut headers);
-                for (name, value) in headers.iter_mut() {
+                marks = r.headers(&mut headers);
+                for (i, (name, value)) in headers.iter_mut().enumerate() {
                     if name == ":path" {
-                        if let Some(path) = r.path(&String::from_utf8_lossy(value)) {
+                        let mut spans = Vec::new();
+                        if let Some(path) = r.path(&String::from_utf8_lossy(value), &mut spans) {
                             *value = path.into_bytes();
                         }
+                        let index = u32::try_from(i).unwrap_or(u32::MAX);
+                        marks.extend(spans.into_iter().map(|span| (index, span)));
                     }
                 }
             }
@@ -144,7 +148,12 @@ impl ExtProcStream {
             headers: &headers,
             end_of_stream: eos,
         };
-        self.deliver(processing_request(direction, part, attributes.as_deref()));
+        self.deliver(processing_request_marked(
+            direction,
+            part,
+            attributes.as_deref(),
+            &marks,
+        ));
     }
 
     /// Sends what the body cap still allows of this chunk. Past the cap nothing more is sent
@@ -185,6 +194,7 @@ impl ExtProcStream {
             Vec::new()
         };
         progress.sent = progress.sent.saturating_add(chunk.len() as u64);
+        let mut marks = Vec::new();
         let chunk = if progress.withhold {
             Vec::new()
         } else if let Some(stream) = &mut progress.redact {
@@ -197,6 +207,8 @@ impl ExtProcStream {
                 if eos {
                     stream.finish(r, &mut out);
                 }
+                // Offsets in this chunk: a value is held until it ends, so none spans two.
+                marks = stream.take_spans().into_iter().map(|s| (0, s)).collect();
             }
             out
         } else {
@@ -209,7 +221,7 @@ impl ExtProcStream {
             body: &chunk,
             end_of_stream: eos,
         };
-        self.deliver(processing_request(direction, part, None));
+        self.deliver(processing_request_marked(direction, part, None, &marks));
     }
 
     /// The exchange has ended: half-close its stream (or have the root close it once open).
