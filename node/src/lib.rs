@@ -6,6 +6,7 @@
 //!   with bounded memory; bodies are decompressed with a bound.
 //! - [`analysis`]: OWASP CRS by libmodsecurity 3 on a pool of threads, detection only.
 //! - [`report`]: the JSON line of a detection, the `/attacks` page and `/metrics`.
+//! - [`store`]: every detection with its exchange, in SQLite or PostgreSQL, with retention.
 //! - [`web`]: what is served on `GET`.
 //! - [`app`]: all of it assembled, as the binary runs it.
 //!
@@ -16,6 +17,7 @@ pub mod app;
 pub mod intake;
 pub mod pairing;
 pub mod report;
+pub mod store;
 pub mod web;
 
 pub use intake::json::{to_json, to_json_line};
