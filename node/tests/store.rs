@@ -874,8 +874,13 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn writer_writes_and_reader_reads(db: &Db) {
-    let writer = StoreWriter::spawn(db.cfg.clone()).unwrap();
-    let reader = StoreReader::spawn(db.cfg.clone()).unwrap();
+    // Without retention: the attacks' T0 may be older than 30 days by the test's clock.
+    let cfg = StoreConfig {
+        max_age: None,
+        ..db.cfg.clone()
+    };
+    let writer = StoreWriter::spawn(cfg.clone()).unwrap();
+    let reader = StoreReader::spawn(cfg).unwrap();
     for i in 0..50 {
         writer.submit(attack(&format!("w{i:02}"), i, "sqli", Some("203.0.113.7")));
     }
@@ -1125,6 +1130,70 @@ fn writer_prunes_by_age_and_count(db: &Db) {
         ["r4", "r3", "r2"]
     );
     assert_eq!(writer.counters().written, 5);
+}
+
+#[test]
+fn outage_lines_repeat_each_interval() {
+    // Once a minute by default; every failure with an interval of 0.
+    let db = Db::sqlite();
+    let (hook, lines) = log_hook();
+    let cfg = StoreConfig {
+        timeout: Duration::from_millis(100),
+        outage_log_every: Duration::ZERO,
+        log: Some(hook),
+        max_age: None,
+        max_attacks: None,
+        ..db.cfg.clone()
+    };
+    let writer = StoreWriter::spawn(cfg).unwrap();
+    let mut lock = hold_write_lock(&db);
+    writer.submit(attack("l1", 1, "sqli", None));
+    assert!(writer.flush(Duration::from_secs(30)));
+    writer.submit(attack("l2", 2, "sqli", None));
+    writer.submit(attack("l3", 3, "sqli", None));
+    wait_until("l2 and l3 in one batch", Duration::from_secs(10), || {
+        writer.counters().failed >= 1
+    });
+    assert!(writer.flush(Duration::from_secs(30)));
+    lock.exec("COMMIT");
+    writer.submit(attack("l4", 4, "sqli", None));
+    assert!(writer.flush(Duration::from_secs(30)));
+    let lines = lines.lock().unwrap();
+    let lost: Vec<&str> = lines
+        .iter()
+        .map(|l| l.rsplit_once(", ").map_or("", |(_, tail)| tail))
+        .collect();
+    let failing = "1 attacks lost since the last line";
+    match lost.len() {
+        // l2 and l3 failed in one batch or in two.
+        3 => assert_eq!(
+            lost,
+            [
+                failing,
+                "2 attacks lost since the last line",
+                "0 attacks lost since the last line"
+            ]
+        ),
+        4 => assert_eq!(
+            lost,
+            [
+                failing,
+                failing,
+                failing,
+                "0 attacks lost since the last line"
+            ]
+        ),
+        _ => panic!("{lines:?}"),
+    }
+    assert!(
+        lines[1].ends_with(&format!("; writes still failing, {}", lost[1])),
+        "{lines:?}"
+    );
+    assert!(lines
+        .last()
+        .unwrap()
+        .starts_with("oob-mirror-node: store: writes resumed after "));
+    assert_eq!(writer.counters().outages, 1);
 }
 
 // --- without a database -----------------------------------------------------------------------
