@@ -1196,6 +1196,38 @@ fn outage_lines_repeat_each_interval() {
     assert_eq!(writer.counters().outages, 1);
 }
 
+#[test]
+fn drop_during_an_outage_does_not_wait_per_batch() {
+    let db = Db::sqlite();
+    let (hook, _lines) = log_hook();
+    let cfg = StoreConfig {
+        timeout: Duration::from_millis(300),
+        batch: 1,
+        log: Some(hook),
+        max_age: None,
+        max_attacks: None,
+        ..db.cfg.clone()
+    };
+    let writer = StoreWriter::spawn(cfg).unwrap();
+    let mut lock = hold_write_lock(&db);
+    writer.submit(attack("first", 0, "sqli", None));
+    assert!(writer.flush(Duration::from_secs(30)));
+    assert!(writer.counters().failing);
+    for i in 1..=10 {
+        writer.submit(attack(&format!("left{i}"), i, "sqli", None));
+    }
+    let started = Instant::now();
+    drop(writer);
+    // At most the batch in hand is tried (2 x 300 ms), not 10 more.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    lock.exec("COMMIT");
+    assert_eq!(db.raw().count("SELECT COUNT(*) FROM attacks"), 0);
+}
+
 // --- without a database -----------------------------------------------------------------------
 
 fn flags(args: &[(&str, &str)]) -> Result<StoreConfig, String> {

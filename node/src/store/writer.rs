@@ -47,6 +47,8 @@ struct Shared {
     outages: AtomicU64,
     pruned: AtomicU64,
     failing: AtomicBool,
+    /// The handle is being dropped: during an outage, what is left is not tried.
+    closing: AtomicBool,
     /// Attacks taken from the queue and written or failed; `flush` waits on it.
     done: Mutex<u64>,
     done_cv: Condvar,
@@ -157,8 +159,10 @@ impl StoreWriter {
 }
 
 impl Drop for StoreWriter {
-    /// Closes the queue; the thread writes what is in it, then stops, and is joined.
+    /// Closes the queue; the thread writes what is in it (unless the store is out), then
+    /// stops, and is joined.
     fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -266,6 +270,11 @@ impl Writer {
             return;
         }
         let n = batch.len() as u64;
+        if self.outage.is_some() && self.shared.closing.load(Ordering::SeqCst) {
+            // Shutting down with the store out: lost, without a wait per batch.
+            self.shared.failed.fetch_add(n, Ordering::Relaxed);
+            return;
+        }
         match self.with_retry(|s| s.insert(batch)) {
             Ok(()) => {
                 self.shared.written.fetch_add(n, Ordering::Relaxed);
