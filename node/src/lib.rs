@@ -5,6 +5,8 @@
 //! - [`pairing`]: a request record and its response record become one [`pairing::Exchange`],
 //!   with bounded memory; bodies are decompressed with a bound.
 //! - [`analysis`]: OWASP CRS by libmodsecurity 3 on a pool of threads, detection only.
+//! - [`redact`]: values the filter left in clear for the node, replaced by their markers once
+//!   analysed, before anything leaves memory.
 //! - [`report`]: the JSON line of a detection, the `/attacks` page and `/metrics`.
 //! - [`store`]: every detection with its exchange, in SQLite or PostgreSQL, with retention.
 //! - [`web`]: what is served on `GET`.
@@ -16,6 +18,7 @@ pub mod analysis;
 pub mod app;
 pub mod intake;
 pub mod pairing;
+pub mod redact;
 pub mod report;
 pub mod store;
 pub mod web;

@@ -31,6 +31,10 @@ pub struct Exchange {
     pub request_headers: Headers,
     pub request_body: Vec<u8>,
     pub response: Option<ResponsePart>,
+    /// Values of redacted names the filter sent in clear, marked (`redact_at_node`), for the
+    /// analysis to see. They never leave memory: [`crate::redact::Sealer`] replaces them by
+    /// their markers after the analysis, and forgets them.
+    pub redact_at_node: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -72,6 +76,10 @@ impl Exchange {
                 headers: headers(&r.headers),
                 body: r.body.clone(),
             }),
+            redact_at_node: std::iter::once(request)
+                .chain(response)
+                .flat_map(Record::redact_at_node)
+                .collect(),
         }
     }
 

@@ -59,7 +59,11 @@ fn spawn_with_env(
         .unwrap();
     let stdout = lines(child.stdout.take().unwrap());
     let stderr = lines(child.stderr.take().unwrap());
-    let ready = stderr.recv_timeout(WAIT).unwrap();
+    let mut ready = stderr.recv_timeout(WAIT).unwrap();
+    // Without OOB_MIRROR_REDACT_KEY the node says first, in one line, that its key is random.
+    if ready.starts_with("oob-mirror-node: OOB_MIRROR_REDACT_KEY is not set: ") {
+        ready = stderr.recv_timeout(WAIT).unwrap();
+    }
     let addr = ready
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line: {ready}"))

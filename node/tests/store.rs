@@ -1346,6 +1346,7 @@ fn attack_from_exchange() {
             headers: vec![(b"server".to_vec(), b"x".to_vec())],
             body: b"abc".to_vec(),
         }),
+        redact_at_node: Vec::new(),
     };
     let rules = [
         RuleMatch {

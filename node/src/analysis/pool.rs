@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::{RuleMatch, RulesConfig};
 use crate::intake::record::Record;
 use crate::pairing::{Exchange, Pairer, Pairing};
+use crate::redact::Sealer;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -105,6 +106,8 @@ struct Shared {
     matches: Mutex<BTreeMap<u32, u64>>,
     recent: Mutex<VecDeque<Detection>>,
     hook: Option<DetectionHook>,
+    /// Values the filter left in clear become markers once analysed (crate::redact).
+    sealer: Sealer,
     started: Instant,
     stop: AtomicBool,
 }
@@ -138,6 +141,7 @@ impl Detector {
             matches: Mutex::new(BTreeMap::new()),
             recent: Mutex::new(VecDeque::new()),
             hook,
+            sealer: Sealer::from_env(),
             started: Instant::now(),
             stop: AtomicBool::new(false),
         });
@@ -328,7 +332,9 @@ impl Shared {
     fn analyse(&self, engine: &super::modsec::Engine, mut exchange: Exchange) {
         let started = Instant::now();
         let cut = exchange.decompress(self.config.max_decompressed);
-        let rules = engine.analyse(&exchange);
+        let mut rules = engine.analyse(&exchange);
+        // Before anything of the exchange or its matches leaves this function.
+        self.sealer.seal(&mut exchange, &mut rules);
         let c = &self.counters;
         c.analysis_ns.fetch_add(
             u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),

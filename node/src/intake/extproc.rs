@@ -70,7 +70,14 @@ impl ExtProcStream {
 
     fn apply(&mut self, msg: &[u8]) -> Result<(), String> {
         let mut r = Reader::new(msg);
+        // Where this message's values to redact are: its part, and the spans the filter sent.
+        let mut chunk: Option<&[u8]> = None;
+        let mut part = 0;
+        let mut marks: Option<String> = None;
         while let Some((field, value)) = r.field()? {
+            if let (2..=5, Value::Bytes(_)) = (field, &value) {
+                part = field;
+            }
             match (field, value) {
                 (2, Value::Bytes(b)) => {
                     let (headers, _) = http_headers(b)?;
@@ -91,24 +98,60 @@ impl ExtProcStream {
                     self.ended |= eos;
                 }
                 (4, Value::Bytes(b)) => {
-                    let (chunk, _) = http_body(b)?;
+                    let (body, _) = http_body(b)?;
+                    chunk = Some(body);
                     let max = self.max_body;
-                    append(&mut self.exchange.request_body, chunk, max);
+                    append(&mut self.exchange.request_body, body, max);
                 }
                 (5, Value::Bytes(b)) => {
-                    let (chunk, eos) = http_body(b)?;
+                    let (body, eos) = http_body(b)?;
+                    chunk = Some(body);
                     let max = self.max_body;
                     let resp = self
                         .exchange
                         .response
                         .get_or_insert_with(ResponsePart::default);
-                    append(&mut resp.body, chunk, max);
+                    append(&mut resp.body, body, max);
                     self.ended |= eos;
                 }
                 (7, Value::Bytes(_)) => self.ended = true,
-                (9, Value::Bytes(b)) => self.attributes(b)?,
+                (9, Value::Bytes(b)) => {
+                    if let Some(text) = self.attributes(b)? {
+                        marks = Some(text);
+                    }
+                }
                 _ => {}
             }
+        }
+        if let Some(text) = marks {
+            self.marks(part, chunk, &text)?;
+        }
+        Ok(())
+    }
+
+    /// oob-mirror's `redact_at_node` attribute (`index:start-end,…`): each value it points at,
+    /// in this message's headers (by index) or body chunk, is kept for the sealer. A span
+    /// pointing at nothing makes the stream unreadable: it would leave a value unsealed.
+    fn marks(&mut self, part: u64, chunk: Option<&[u8]>, text: &str) -> Result<(), String> {
+        let ex = &mut self.exchange;
+        let headers = match part {
+            2 => Some(&ex.request_headers),
+            3 => ex.response.as_ref().map(|r| &r.headers),
+            _ => None,
+        };
+        for mark in text.split(',') {
+            let bad = || format!("redact_at_node: bad span `{mark}`");
+            let (index, span) = mark.split_once(':').ok_or_else(bad)?;
+            let (start, end) = span.split_once('-').ok_or_else(bad)?;
+            let number = |t: &str| t.parse::<usize>().map_err(|_| bad());
+            let (index, start, end) = (number(index)?, number(start)?, number(end)?);
+            let whole = match (headers, chunk) {
+                (Some(list), _) => list.get(index).map(|(_, v)| v.as_slice()),
+                (None, Some(body)) if index == 0 => Some(body),
+                _ => None,
+            };
+            let value = whole.and_then(|w| w.get(start..end)).ok_or_else(bad)?;
+            ex.redact_at_node.push(value.to_vec());
         }
         Ok(())
     }
@@ -140,10 +183,17 @@ impl ExtProcStream {
         ex.request_headers = headers;
     }
 
-    /// `attributes`: map<string, Struct>; one entry per namespace.
-    fn attributes(&mut self, entry: &[u8]) -> Result<(), String> {
+    /// `attributes`: map<string, Struct>; one entry per namespace. Envoy's attributes are
+    /// read into the exchange; oob-mirror's `redact_at_node` (namespace `oob-mirror`) is
+    /// returned.
+    fn attributes(&mut self, entry: &[u8]) -> Result<Option<String>, String> {
         let mut r = Reader::new(entry);
+        let mut namespace = String::new();
+        let mut marks = None;
         while let Some((field, value)) = r.field()? {
+            if let (1, Value::Bytes(name)) = (field, &value) {
+                namespace = String::from_utf8_lossy(name).into_owned();
+            }
             if let (2, Value::Bytes(st)) = (field, value) {
                 // Struct { map<string, Value> fields = 1 }
                 let mut s = Reader::new(st);
@@ -151,6 +201,12 @@ impl ExtProcStream {
                     if let (1, Value::Bytes(kv)) = (f, v) {
                         let (name, text) = string_entry(kv)?;
                         let ex = &mut self.exchange;
+                        if namespace == "oob-mirror" {
+                            if name == "redact_at_node" {
+                                marks = text;
+                            }
+                            continue;
+                        }
                         match (name.as_str(), text) {
                             ("source.address", Some(t)) => ex.source = Some(t),
                             ("destination.address", Some(t)) => ex.destination = Some(t),
@@ -167,7 +223,7 @@ impl ExtProcStream {
                 }
             }
         }
-        Ok(())
+        Ok(marks)
     }
 }
 
@@ -477,6 +533,60 @@ mod tests {
             assert_eq!(resp.status, 201);
             assert_eq!(resp.body, b"ok");
             assert_eq!(resp.headers.len(), 2);
+        }
+    }
+
+    /// oob-mirror's attribute entry listing the values left in clear in a message.
+    fn marks(text: &str) -> Vec<u8> {
+        let mut value = Vec::new();
+        bytes_field(&mut value, 3, text.as_bytes());
+        let mut entry = Vec::new();
+        bytes_field(&mut entry, 1, b"redact_at_node");
+        bytes_field(&mut entry, 2, &value);
+        let mut st = Vec::new();
+        bytes_field(&mut st, 1, &entry);
+        let mut out = Vec::new();
+        bytes_field(&mut out, 1, b"oob-mirror");
+        bytes_field(&mut out, 2, &st);
+        out
+    }
+
+    #[test]
+    fn values_marked_for_the_node_are_read_from_their_message() {
+        let sqli = "' or 1=1--";
+        let cookie = format!("s=redacted:0011223344556677; q={sqli}");
+        let at = cookie.len() - sqli.len();
+        let mut wire = Vec::new();
+        wire.extend(message(
+            2,
+            &headers(&[(":path", "/q?token=%27x"), ("cookie", &cookie)], false),
+            Some(&marks(&format!("0:9-13,1:{at}-{}", cookie.len()))),
+        ));
+        wire.extend(message(4, &body(b"{\"a\":1}", false), None));
+        // A body message's spans are in its own chunk.
+        wire.extend(message(
+            4,
+            &body(b"{\"token\":\"<x>\"}", true),
+            Some(&marks("0:10-13")),
+        ));
+        wire.extend(message(3, &headers(&[(":status", "200")], true), None));
+        let mut s = ExtProcStream::new(1 << 20);
+        assert!(s.feed(&wire).unwrap());
+        let ex = s.finish().unwrap();
+        assert_eq!(
+            ex.redact_at_node,
+            [b"%27x".to_vec(), sqli.as_bytes().to_vec(), b"<x>".to_vec()]
+        );
+        // Envoy's attributes are still read beside it.
+        assert_eq!(ex.path, "/q?token=%27x");
+        for bad in ["2:0-1", "0:9-99", "x", "0:5-4", "1:a-b"] {
+            let mut s = ExtProcStream::new(1 << 20);
+            let msg = message(
+                2,
+                &headers(&[(":path", "/q?token=%27x")], false),
+                Some(&marks(bad)),
+            );
+            assert!(s.feed(&msg).is_err(), "{bad}");
         }
     }
 

@@ -143,6 +143,12 @@ impl Record {
         std::str::from_utf8(&self.body).ok()
     }
 
+    /// The values of redacted names the filter left in clear for the node to redact
+    /// (`redact_at_node`, docs/wire-format.md), in their order; checked when decoded.
+    pub fn redact_at_node(&self) -> Vec<Vec<u8>> {
+        crate::intake::wire::redact_at_node(self).unwrap_or_default()
+    }
+
     /// The raw msgpack value of `key`, to assert exact types in tests.
     pub fn raw_get(&self, key: &str) -> Option<&rmpv::Value> {
         self.raw

@@ -159,7 +159,51 @@ pub fn decode_record(value: Value) -> Result<Record, DecodeErrorKind> {
     }
 
     record.raw = value;
+    redact_at_node(&record)?;
     Ok(record)
+}
+
+/// The key listing the values of redacted names left in clear for the node to redact.
+pub const REDACT_AT_NODE: &str = "redact_at_node";
+
+/// The values that `redact_at_node` points at: `[[place, index, start, end], …]`, a place
+/// being `headers`, `trailers` (`index` the pair's), `path` or `body` (`index` 0), `start` and
+/// `end` byte offsets in that value. A mark that points at nothing refuses the record: it
+/// would leave a value unsealed.
+pub fn redact_at_node(record: &Record) -> Result<Vec<Vec<u8>>, DecodeErrorKind> {
+    let wrong = || DecodeErrorKind::WrongType {
+        key: REDACT_AT_NODE.to_owned(),
+        expected: "array of [place, index, start, end] inside the record",
+    };
+    let Some(marks) = record.raw_get(REDACT_AT_NODE) else {
+        return Ok(Vec::new());
+    };
+    let marks = marks.as_array().ok_or_else(wrong)?;
+    let mut values = Vec::with_capacity(marks.len());
+    for mark in marks {
+        let Some([place, index, start, end]) = mark.as_array().map(Vec::as_slice) else {
+            return Err(wrong());
+        };
+        let number = |v: &Value| uint(v).and_then(|n| usize::try_from(n).ok());
+        let (Some(index), Some(start), Some(end)) = (number(index), number(start), number(end))
+        else {
+            return Err(wrong());
+        };
+        let header = |list: &HeaderList| list.get(index).map(|(_, v)| v.as_bytes().to_vec());
+        let whole = match (place.as_str(), index) {
+            (Some("headers"), _) => header(&record.headers),
+            (Some("trailers"), _) => header(&record.trailers),
+            (Some("path"), 0) => record.path.as_ref().map(|p| p.as_bytes().to_vec()),
+            (Some("body"), 0) => Some(record.body.clone()),
+            _ => None,
+        };
+        let value = whole
+            .as_deref()
+            .and_then(|w| w.get(start..end))
+            .ok_or_else(wrong)?;
+        values.push(value.to_vec());
+    }
+    Ok(values)
 }
 
 /// The entries of a record's map, looked up by key.
@@ -631,6 +675,74 @@ mod tests {
         enc::write_str(buf, "x").unwrap();
         enc::write_uint(buf, 1).unwrap();
         assert_eq!(wrong_type_key(&m.bytes()), "headers");
+    }
+
+    /// `redact_at_node` written with `rmp`: `[[place, index, start, end], …]`.
+    fn marks(m: Map, list: &[(&str, u64, u64, u64)]) -> Map {
+        let mut m = m;
+        let buf = m.key("redact_at_node");
+        enc::write_array_len(buf, list.len() as u32).unwrap();
+        for (place, index, start, end) in list {
+            enc::write_array_len(buf, 4).unwrap();
+            enc::write_str(buf, place).unwrap();
+            enc::write_uint(buf, *index).unwrap();
+            enc::write_uint(buf, *start).unwrap();
+            enc::write_uint(buf, *end).unwrap();
+        }
+        m
+    }
+
+    #[test]
+    fn values_marked_for_the_node_are_read_from_their_places() {
+        let body = marks(
+            request("m"),
+            &[
+                ("path", 0, 4, 9),
+                ("headers", 1, 0, 2),
+                ("body", 0, 1, 4),
+                ("headers", 3, 0, 1),
+            ],
+        )
+        .bytes();
+        let records = decode_batch(&body).unwrap();
+        assert_eq!(
+            records[0].redact_at_node(),
+            [
+                b"items".to_vec(),
+                b"\xff\xfe".to_vec(),
+                b"\"a\"".to_vec(),
+                b"2".to_vec()
+            ]
+        );
+        let body = marks(response("m"), &[("trailers", 0, 0, 1)]).bytes();
+        assert_eq!(
+            decode_batch(&body).unwrap()[0].redact_at_node(),
+            [b"0".to_vec()]
+        );
+        // A record without the key has none (and an older filter never writes it).
+        assert!(decode_batch(&request("n").bytes()).unwrap()[0]
+            .redact_at_node()
+            .is_empty());
+        // A mark pointing at nothing refuses the record.
+        for bad in [
+            ("path", 0, 4, 99),
+            ("path", 1, 0, 1),
+            ("headers", 4, 0, 1),
+            ("body", 0, 5, 4),
+            ("cookies", 0, 0, 1),
+            ("trailers", 0, 0, 1),
+        ] {
+            let body = marks(request("x"), &[bad]).bytes();
+            assert!(
+                matches!(
+                    only_error(&body).kind,
+                    DecodeErrorKind::WrongType { ref key, .. } if key == "redact_at_node"
+                ),
+                "{bad:?}"
+            );
+        }
+        let body = request("x").str("redact_at_node", "headers").bytes();
+        assert!(only_error(&body).to_string().contains("redact_at_node"));
     }
 
     #[test]
