@@ -163,7 +163,7 @@ lint:
 	$(CARGO) clippy --release --manifest-path tools/extproc-sink/Cargo.toml \
 	  --target-dir tools/extproc-sink/target -- -D warnings
 
-test: setup wasm wasm-trap extproc-sink
+test: setup wasm wasm-trap extproc-sink istio-tools
 	@echo "test: ENVOY_BIN=$(ENVOY_BIN) OOB_MIRROR_WASM=$(OOB_MIRROR_WASM)"
 	@echo "test: $$('$(ENVOY_BIN)' --version | grep -o 'version: .*')"
 	@mkdir -p target
@@ -209,7 +209,9 @@ ISTIO_VALIDATE      = '$(VENV)/bin/python' tools/validate_istio.py --crds '$(IST
 # else all zeros (digits only: an unquoted placeholder would turn it into a YAML number).
 ISTIO_CHECK_IMAGE  := registry.example.com/oob-mirror:validate
 ISTIO_CHECK_SHA256 := 0000000000000000000000000000000000000000000000000000000000000000
-ISTIO_PY_DEPS      := jsonschema==4.26.0 PyYAML==6.0.3
+# The Python tools of the tests, in .venv: the Istio manifests' validation, schemathesis
+# against the node's API (node/tests/api.rs) and openapi-spec-validator.
+ISTIO_PY_DEPS      := jsonschema==4.26.0 PyYAML==6.0.3 schemathesis==4.32.5 openapi-spec-validator==0.9.0
 # `make test` passes its log, so the summary line counts these tests too.
 ISTIO_TEST_LOG     ?= /dev/null
 

@@ -8,8 +8,12 @@ use std::sync::Arc;
 use crate::analysis::pool::{DetectionHook, Detector, PoolConfig};
 use crate::analysis::RulesConfig;
 use crate::intake::security::{RequiredHeaders, TlsConfig};
-use crate::intake::server::{BatchInfo, Server, ServerConfig, TlsErrorHook};
-use crate::web;
+use crate::intake::server::{BatchInfo, BoxFuture, Server, ServerConfig, TlsErrorHook};
+use crate::store::{Attack, StoreConfig, StoreReader, StoreWriter};
+use crate::web::{self, Web};
+
+/// Bytes of each body kept with an attack in the store (the true size is kept too).
+pub const STORED_BODY_BYTES: usize = 8192;
 
 /// Called with every batch as received (decoded or not), before its records are analysed.
 pub type RecordsHook = Arc<dyn Fn(&BatchInfo) + Send + Sync>;
@@ -27,6 +31,8 @@ pub struct AppConfig {
     pub on_detection: Option<DetectionHook>,
     /// Each batch as received (`--print-records`, and rejected batches said on stderr).
     pub on_batch: Option<RecordsHook>,
+    /// Where attacks are kept for the console and the API; `None`: nowhere (JSON lines only).
+    pub store: Option<StoreConfig>,
 }
 
 impl AppConfig {
@@ -40,6 +46,7 @@ impl AppConfig {
             pool: PoolConfig::default(),
             on_detection: None,
             on_batch: None,
+            store: None,
         }
     }
 }
@@ -48,6 +55,7 @@ impl AppConfig {
 pub struct App {
     server: Server,
     detector: Arc<Detector>,
+    writer: Option<Arc<StoreWriter>>,
     tls: bool,
 }
 
@@ -55,9 +63,38 @@ impl App {
     /// Loads the rules on every analysis thread, then listens: a rule error is returned
     /// before anything is received.
     pub fn start(config: AppConfig) -> io::Result<App> {
+        // The store first: a store that cannot be opened or migrated stops the node before it
+        // listens. Once running, an outage only costs what the writer drops (counted).
+        let (writer, reader) = match &config.store {
+            Some(store) => (
+                Some(Arc::new(
+                    StoreWriter::spawn(store.clone()).map_err(io::Error::other)?,
+                )),
+                Some(StoreReader::spawn(store.clone()).map_err(io::Error::other)?),
+            ),
+            None => (None, None),
+        };
+        let on_detection: Option<DetectionHook> = match (&writer, config.on_detection) {
+            (Some(writer), hook) => {
+                let writer = Arc::clone(writer);
+                Some(Arc::new(move |d: &crate::analysis::pool::Detection| {
+                    if let Some(hook) = &hook {
+                        hook(d);
+                    }
+                    let classes: Vec<String> = d.classes.iter().map(|c| (*c).to_owned()).collect();
+                    writer.submit(Attack::from_exchange(
+                        &d.exchange,
+                        &d.rules,
+                        d.class().to_owned(),
+                        classes,
+                        STORED_BODY_BYTES,
+                    ));
+                }))
+            }
+            (None, hook) => hook,
+        };
         let detector = Arc::new(
-            Detector::start(&config.rules, config.pool, config.on_detection)
-                .map_err(io::Error::other)?,
+            Detector::start(&config.rules, config.pool, on_detection).map_err(io::Error::other)?,
         );
         let on_batch = {
             let d = Arc::clone(&detector);
@@ -70,8 +107,7 @@ impl App {
                     hook(&batch);
                 }
                 d.submit_records(batch.records);
-                let answer: crate::intake::server::BoxFuture<u16> =
-                    Box::pin(std::future::ready(204));
+                let answer: BoxFuture<u16> = Box::pin(std::future::ready(204));
                 answer
             })
         };
@@ -88,7 +124,11 @@ impl App {
             addr: config.listen,
             on_batch,
             gate: Some(gate),
-            pages: Some(web::handler(Arc::clone(&detector))),
+            pages: Some(web::handler(Web {
+                detector: Arc::clone(&detector),
+                reader,
+                writer: writer.clone(),
+            })),
             on_extproc: Some(on_extproc),
             tls: config.tls,
             on_tls_error: config.on_tls_error,
@@ -97,6 +137,7 @@ impl App {
         Ok(App {
             server,
             detector,
+            writer,
             tls,
         })
     }
@@ -117,6 +158,12 @@ impl App {
 
     pub fn server(&self) -> &Server {
         &self.server
+    }
+
+    /// Waits until every attack detected so far is written (or failed); `false` on timeout.
+    /// Attacks still being analysed are not waited for.
+    pub fn flush_store(&self, timeout: std::time::Duration) -> bool {
+        self.writer.as_ref().is_none_or(|w| w.flush(timeout))
     }
 
     /// Stops listening (open connections are dropped); the analysis drains when the `App`

@@ -16,6 +16,7 @@ use oob_mirror_node::analysis::RulesConfig;
 use oob_mirror_node::app::{App, AppConfig, RecordsHook};
 use oob_mirror_node::intake::server::{BatchInfo, TlsErrorHook};
 use oob_mirror_node::report;
+use oob_mirror_node::store::{self, StoreConfig};
 use oob_mirror_node::{to_json_line, RequiredHeaders, TlsConfig};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -59,6 +60,12 @@ Detection:
   --print-records         print every record too, as one JSON line
   --detect                accepted and ignored: the node always analyses (older
                           scripts passed it)
+
+Store (docs/analysis-node.md#the-store); every attack is kept with its exchange for
+the console (GET /attacks) and the API (GET /api/v1/, described at
+/api/v1/openapi.json):
+
+  --store none                no store: JSON lines only, the console and API answer 503
 ";
 
 #[derive(Debug)]
@@ -69,6 +76,8 @@ struct Args {
     tls: Option<(PathBuf, PathBuf)>,
     /// Its `Debug` never shows a value.
     require: RequiredHeaders,
+    /// `None`: `--store none`.
+    store: Option<StoreConfig>,
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +91,7 @@ fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Some(args)) => args,
         Ok(None) => {
-            print!("{USAGE}");
+            print!("{USAGE}{}", store::USAGE);
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -134,6 +143,7 @@ fn run(args: Args) -> io::Result<()> {
         pool: args.detect.pool,
         on_detection: Some(Arc::new(print_detection)),
         on_batch: Some(print),
+        store: args.store,
         ..AppConfig::new(args.listen)
     };
     let mut app = App::start(config)?;
@@ -210,6 +220,8 @@ fn print_batch(batch: &BatchInfo) {
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut listen = SocketAddr::from(([127, 0, 0, 1], 9090));
     let mut d = DetectArgs::default();
+    let mut store = StoreConfig::default();
+    let mut no_store = false;
     let (mut tls_cert, mut tls_key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
     let mut require = RequiredHeaders::default();
     while let Some(arg) = it.next() {
@@ -251,6 +263,15 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
                     .map_err(|e| format!("--require-header-env ({var}): {e}"))?;
             }
             "--detect" => {}
+            "--store" if inline.as_deref() == Some("none") => no_store = true,
+            f if StoreConfig::is_flag(f) => {
+                let v = value()?;
+                if f == "--store" && v == "none" {
+                    no_store = true;
+                } else {
+                    store.parse_flag(f, &v)?;
+                }
+            }
             "--print-records" => {
                 d.print_records = true;
             }
@@ -294,6 +315,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     Ok(Some(Args {
         listen,
         detect: d,
+        store: (!no_store).then_some(store),
         tls,
         require,
     }))

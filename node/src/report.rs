@@ -23,6 +23,7 @@ pub fn json_line(d: &Detection) -> String {
         "authority": d.authority,
         "path": d.path,
         "status": d.status,
+        "class": d.class(),
         "rules": rules,
     })
     .to_string()
@@ -52,7 +53,7 @@ pub fn rfc3339(ts_ns: u64) -> String {
     )
 }
 
-fn esc(s: &str) -> String {
+pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -65,62 +66,6 @@ fn esc(s: &str) -> String {
         }
     }
     out
-}
-
-/// The `/attacks` page: the recent detections, newest first.
-pub fn attacks_page(recent: &[Detection], snapshot: &Snapshot) -> String {
-    let mut rows = String::new();
-    for d in recent {
-        let mut rules = String::new();
-        for m in &d.rules {
-            let _ = write!(
-                rules,
-                "<li><b>{}</b> {} <span class=sev>{}</span><br><code>{}</code></li>",
-                m.id,
-                esc(&m.msg),
-                esc(&m.severity),
-                esc(&m.data)
-            );
-        }
-        let _ = writeln!(
-            rows,
-            "<tr><td class=time>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=path>{}</td><td>{}</td><td><ul>{}</ul></td></tr>",
-            esc(&rfc3339(d.ts_ns)),
-            esc(d.source.as_deref().unwrap_or("")),
-            esc(&d.method),
-            esc(d.authority.as_deref().unwrap_or("")),
-            esc(&d.path),
-            d.status.map_or_else(|| "—".to_owned(), |s| s.to_string()),
-            rules
-        );
-    }
-    if recent.is_empty() {
-        rows.push_str("<tr><td colspan=7>No attacks detected yet.</td></tr>\n");
-    }
-    format!(
-        r#"<!doctype html>
-<html lang=en><head><meta charset=utf-8><title>oob-mirror node: attacks</title>
-<style>
-body {{ font: 14px system-ui, sans-serif; margin: 1.5em; color: #222 }}
-table {{ border-collapse: collapse; width: 100% }}
-th, td {{ border-bottom: 1px solid #ddd; padding: 6px 8px; text-align: left; vertical-align: top }}
-th {{ background: #f4f4f4 }}
-td.path {{ font-family: monospace; word-break: break-all }}
-td.time {{ white-space: nowrap }}
-ul {{ margin: 0; padding-left: 1.1em }}
-code {{ color: #555; word-break: break-all }}
-.sev {{ color: #b00; font-size: 12px }}
-</style></head><body>
-<h1>Attacks</h1>
-<p>{analysed} exchanges analysed, {attacks} with attacks (OWASP CRS via libmodsecurity). Newest first.</p>
-<table id=attacks>
-<thead><tr><th>Time</th><th>Source</th><th>Method</th><th>Host</th><th>Path</th><th>Status</th><th>Rules</th></tr></thead>
-<tbody>
-{rows}</tbody></table></body></html>
-"#,
-        analysed = snapshot.exchanges_analysed,
-        attacks = snapshot.exchanges_with_attacks,
-    )
 }
 
 /// `/metrics`, Prometheus text format 0.0.4.
@@ -247,6 +192,8 @@ mod tests {
                 severity: "CRITICAL".into(),
                 data: "<script>".into(),
             }],
+            classes: vec!["xss"],
+            exchange: crate::pairing::Exchange::default(),
         }
     }
 
@@ -269,14 +216,15 @@ mod tests {
         assert_eq!(v["rules"][0]["id"], 941100);
         assert_eq!(v["rules"][0]["severity"], "CRITICAL");
         assert_eq!(v["path"], "/q?<script>");
+        assert_eq!(v["class"], "xss");
     }
 
     #[test]
-    fn page_escapes() {
-        let page = attacks_page(&[detection()], &Snapshot::default());
-        assert!(page.contains("/q?&lt;script&gt;"));
-        assert!(!page.contains("<script>"));
-        assert!(page.contains("941100"));
+    fn escapes() {
+        assert_eq!(
+            esc("<a href='x'>&\""),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;"
+        );
     }
 
     #[test]

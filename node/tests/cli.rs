@@ -50,8 +50,16 @@ fn spawn_with_env(
     mpsc::Receiver<String>,
     SocketAddr,
 ) {
+    // A test that does not look at the store keeps none (else it would be made in the
+    // current directory).
+    let keeps = args.iter().any(|a| *a == "--store" || *a == "--data-dir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_oob-mirror-node"))
         .args(args)
+        .args(if keeps {
+            &[][..]
+        } else {
+            &["--store", "none"][..]
+        })
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -123,17 +131,22 @@ fn detect_prints_one_json_line_per_attack_and_serves_the_attacks_page() {
         "SecRule REQUEST_HEADERS:x-canary \"@streq tripped\" \"id:199001,phase:1,pass,log,msg:'Canary header',severity:'NOTICE'\"\n",
     )
     .unwrap();
+    let data = std::env::temp_dir().join(format!("oob-mirror-cli-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
     let mut args = [
         "--detect",
         "--listen",
         "127.0.0.1:0",
         "--threads",
         "1",
-        "--rules",
+        // The batch is dated 2025-12-01: keep it whatever its age.
+        "--retention-days",
+        "0",
+        "--data-dir",
     ]
     .map(OsStr::new)
     .to_vec();
-    args.push(rules.as_os_str());
+    args.extend([data.as_os_str(), OsStr::new("--rules"), rules.as_os_str()]);
     let (mut child, stdout, addr) = spawn(&args);
 
     let mut batch = Vec::new();
@@ -200,12 +213,25 @@ fn detect_prints_one_json_line_per_attack_and_serves_the_attacks_page() {
         "benign exchange printed"
     );
 
-    let (status, page) = common::get_blocking(addr, "/attacks").unwrap();
-    assert_eq!(status, StatusCode::OK);
+    // The console reads the store, which the writer fills off the analysis thread.
+    let deadline = std::time::Instant::now() + WAIT;
+    let page = loop {
+        let (status, page) = common::get_blocking(addr, "/attacks").unwrap();
+        assert_eq!(status, StatusCode::OK);
+        if page.contains("data-id=\"attack\"") {
+            break page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not in the store: {page}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(
         page.contains("UNION%20SELECT") && page.contains("199001"),
         "{page}"
     );
+    assert!(data.join("attacks.sqlite").is_file());
     let (_, metrics) = common::get_blocking(addr, "/metrics").unwrap();
     assert!(
         metrics.contains("oob_mirror_node_exchanges_analysed_total 2\n"),
@@ -221,6 +247,7 @@ fn detect_prints_one_json_line_per_attack_and_serves_the_attacks_page() {
         .status();
     let exit = child.wait().unwrap();
     let _ = std::fs::remove_file(&rules);
+    let _ = std::fs::remove_dir_all(&data);
     assert!(exit.success(), "{exit:?}");
 }
 

@@ -1,9 +1,11 @@
 //! Analysis: every exchange (request and response paired by id) goes through
 //! OWASP CRS run by libmodsecurity 3, in detection-only mode, tuned for APIs.
 //!
+//! - [`classes`]: attack classes from the CRS rule ranges.
 //! - [`modsec`]: libmodsecurity through its C API.
-//! - [`pool`]: analysis threads, the bounded queue, counters, recent detections.
+//! - [`pool`]: analysis threads, the bounded queue, counters.
 
+pub mod classes;
 pub mod modsec;
 pub mod pool;
 

@@ -4,13 +4,13 @@
 //! past `queue` exchanges waiting, the node answers 503 and the filter backs
 //! off, instead of the node queueing without bound.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{RuleMatch, RulesConfig};
+use super::{classes, RuleMatch, RulesConfig};
 use crate::intake::record::Record;
 use crate::pairing::{Exchange, Pairer, Pairing};
 use crate::redact::Sealer;
@@ -27,8 +27,6 @@ pub struct PoolConfig {
     pub pair_timeout: Duration,
     /// Largest decompressed body analysed.
     pub max_decompressed: usize,
-    /// Detections kept for `/attacks`.
-    pub recent: usize,
 }
 
 impl Default for PoolConfig {
@@ -39,7 +37,6 @@ impl Default for PoolConfig {
             max_pending: 10_000,
             pair_timeout: Duration::from_secs(10),
             max_decompressed: 1 << 20,
-            recent: 100,
         }
     }
 }
@@ -58,6 +55,17 @@ pub struct Detection {
     /// `None` when analysed without its response.
     pub status: Option<u16>,
     pub rules: Vec<RuleMatch>,
+    /// Its attack classes, the primary one first ([`classes::of_rules`]).
+    pub classes: Vec<&'static str>,
+    /// The exchange as analysed (bodies decompressed).
+    pub exchange: Exchange,
+}
+
+impl Detection {
+    /// The primary attack class.
+    pub fn class(&self) -> &'static str {
+        self.classes.first().copied().unwrap_or("other")
+    }
 }
 
 pub type DetectionHook = Arc<dyn Fn(&Detection) + Send + Sync>;
@@ -104,7 +112,6 @@ struct Shared {
     counters: Counters,
     queued: AtomicUsize,
     matches: Mutex<BTreeMap<u32, u64>>,
-    recent: Mutex<VecDeque<Detection>>,
     hook: Option<DetectionHook>,
     /// Values the filter left in clear become markers once analysed (crate::redact).
     sealer: Sealer,
@@ -139,7 +146,6 @@ impl Detector {
             counters: Counters::default(),
             queued: AtomicUsize::new(0),
             matches: Mutex::new(BTreeMap::new()),
-            recent: Mutex::new(VecDeque::new()),
             hook,
             sealer: Sealer::from_env(),
             started: Instant::now(),
@@ -270,14 +276,6 @@ impl Detector {
         }
     }
 
-    /// The most recent detections, newest (by the exchange's time) first:
-    /// threads finish out of order.
-    pub fn recent(&self) -> Vec<Detection> {
-        let mut recent: Vec<Detection> = lock(&self.shared.recent).iter().cloned().collect();
-        recent.sort_by_key(|d| std::cmp::Reverse(d.ts_ns));
-        recent
-    }
-
     pub fn snapshot(&self) -> Snapshot {
         let c = &self.shared.counters;
         let (counts, pending) = {
@@ -350,22 +348,19 @@ impl Shared {
             }
             let detection = Detection {
                 status: exchange.response.as_ref().map(|r| r.status),
-                id: exchange.id,
-                request_id: exchange.request_id,
+                id: exchange.id.clone(),
+                request_id: exchange.request_id.clone(),
                 ts_ns: exchange.ts_ns,
-                source: exchange.source,
-                method: exchange.method,
-                authority: exchange.authority,
-                path: exchange.path,
+                source: exchange.source.clone(),
+                method: exchange.method.clone(),
+                authority: exchange.authority.clone(),
+                path: exchange.path.clone(),
+                classes: classes::of_rules(&rules),
                 rules,
+                exchange,
             };
             if let Some(hook) = &self.hook {
                 hook(&detection);
-            }
-            let mut recent = lock(&self.recent);
-            recent.push_back(detection);
-            while recent.len() > self.config.recent {
-                recent.pop_front();
             }
             c.exchanges_with_attacks.fetch_add(1, Ordering::Relaxed);
         }

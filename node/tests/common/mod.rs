@@ -331,3 +331,122 @@ pub fn get_blocking(addr: SocketAddr, path: &str) -> Result<(StatusCode, String)
         .build()?
         .block_on(async { get_on(TokioIo::new(TcpStream::connect(addr).await?), path).await })
 }
+
+/// Five attacks and one benign call, each with its response, as the filter would send them
+/// (12 records): `seed` GET /etc/passwd (LFI), `sqli`, `xss` (a JSON body), `cmd` (a form
+/// body running a command on /etc/passwd), `leak` (an SQL error in a 500 response) and the
+/// benign `benign` GET /api/users/42.
+pub fn attack_batch() -> Vec<u8> {
+    let base = [
+        ("host", "api.example.com"),
+        ("user-agent", "curl/8.5.0"),
+        ("accept", "*/*"),
+    ];
+    let mut batch = Vec::new();
+    let exchanges: [(&str, &str, &str, &[u8]); 5] = [
+        ("seed", "GET", "/etc/passwd", b""),
+        (
+            "sqli",
+            "GET",
+            "/api/products?id=1%27%20OR%20%271%27%3D%271",
+            b"",
+        ),
+        (
+            "xss",
+            "POST",
+            "/api/comments",
+            br#"{"comment":"<script>alert(document.cookie)</script>"}"#,
+        ),
+        (
+            "cmd",
+            "POST",
+            "/api/ping",
+            b"host=127.0.0.1%3Bcat%20/etc/passwd",
+        ),
+        ("benign", "GET", "/api/users/42", b""),
+    ];
+    for (id, method, path, body) in exchanges {
+        let len = body.len().to_string();
+        let mut headers = base.to_vec();
+        if id == "xss" {
+            headers.push(("content-type", "application/json"));
+        }
+        if id == "cmd" {
+            headers.push(("content-type", "application/x-www-form-urlencoded"));
+        }
+        if !body.is_empty() {
+            headers.push(("content-length", &len));
+        }
+        push_http_request(&mut batch, id, method, path, &headers, body);
+        push_http_response(
+            &mut batch,
+            id,
+            200,
+            &[("content-type", "application/json")],
+            b"{}",
+        );
+    }
+    push_http_request(&mut batch, "leak", "GET", "/api/reports/7", &base, b"");
+    push_http_response(
+        &mut batch,
+        "leak",
+        500,
+        &[("content-type", "text/html")],
+        b"<p>You have an error in your SQL syntax; check the manual that corresponds to your MySQL server version</p>",
+    );
+    batch
+}
+
+pub fn tempdir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("oob-mirror-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A SQLite store in a directory of its own (removed by the caller).
+pub fn temp_store(what: &str) -> (std::path::PathBuf, oob_mirror_node::store::StoreConfig) {
+    let dir = tempdir(&format!("{what}-store"));
+    let _ = std::fs::remove_file(dir.join("attacks.sqlite"));
+    let store = oob_mirror_node::store::StoreConfig {
+        store: Some(oob_mirror_node::store::Backend::Sqlite(
+            dir.join("attacks.sqlite"),
+        )),
+        // The batches are dated 2025-12-01: older than the default 30 days kept.
+        max_age: None,
+        ..oob_mirror_node::store::StoreConfig::default()
+    };
+    (dir, store)
+}
+
+/// The node as the binary runs it, on a free port, with this store.
+pub fn start_node(store: &oob_mirror_node::store::StoreConfig) -> oob_mirror_node::app::App {
+    oob_mirror_node::app::App::start(oob_mirror_node::app::AppConfig {
+        pool: oob_mirror_node::analysis::pool::PoolConfig {
+            threads: 1,
+            ..oob_mirror_node::analysis::pool::PoolConfig::default()
+        },
+        store: Some(store.clone()),
+        ..oob_mirror_node::app::AppConfig::new(([127, 0, 0, 1], 0).into())
+    })
+    .unwrap()
+}
+
+/// Sends [`attack_batch`] and waits until its six exchanges are analysed and the five attacks
+/// written.
+pub fn seed_attacks(node: &oob_mirror_node::app::App) {
+    use std::time::{Duration, Instant};
+    assert_eq!(
+        post_blocking(node.addr(), false, 12, attack_batch()).unwrap(),
+        StatusCode::NO_CONTENT
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.detector().snapshot().exchanges_analysed < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "not analysed: {:?}",
+            node.detector().snapshot()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(node.flush_store(Duration::from_secs(10)));
+}
