@@ -236,3 +236,317 @@ fn no_secret_reaches_an_ext_proc_node() {
     );
     envoy.assert_no_critical_wasm();
 }
+
+/// The key the gateway's VM and the node share (one Kubernetes Secret for both).
+const SHARED_KEY: &str = "test-key-from-a-kubernetes-secret";
+
+/// The filter's marker and the node's are the same bytes, for the same key and value.
+#[test]
+fn the_filter_and_the_node_write_the_same_marker() {
+    use oob_mirror::config::RedactConfig;
+    use oob_mirror::redact::Redactor;
+    use oob_mirror_node::redact::Sealer;
+    let values: [&[u8]; 5] = [
+        b"",
+        b"' or 1=1--",
+        "Zürich <script>".as_bytes(),
+        &[0xff, 0x00, 0xfe],
+        &[b'a'; 5000],
+    ];
+    for key in [&b"k"[..], SHARED_KEY.as_bytes(), &[0xaa; 131]] {
+        let filter = Redactor::new(&RedactConfig::default(), key.to_vec()).unwrap();
+        let node = Sealer::new(key);
+        for value in values {
+            assert_eq!(filter.marker(value), node.marker(value));
+        }
+    }
+}
+
+/// A credential-shaped session cookie and bearer token: markers at the gateway in every mode.
+const SESSION: &str = "sess-9f8e7d6c5b4a0123";
+const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbm4ifQ.c2lnbmF0dXJlLWJ5dGVz";
+
+/// Attack payloads in values of redacted names: sent to the node in clear, marked.
+const COOKIE_SQLI: &str = "1' UNION SELECT password FROM users--";
+const COOKIE_XSS: &str = "<script>alert(document.cookie)</script>";
+/// Shellshock, which CRS looks for in every request header (932170).
+const AUTH_SHELLSHOCK: &str = "() { :; }; /bin/cat /etc/passwd";
+/// A Java class, also looked for in every header (944100).
+const AUTH_JAVA: &str = "java.lang.Runtime.getRuntime().exec('id')";
+const FIELD_SQLI: &str = "1' UNION SELECT secret FROM keys--";
+const FORM_XSS: &str = "%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+const QUERY_XSS: &str = "%3Cscript%3Ealert(2)%3C%2Fscript%3E";
+const PASSWORD_SQLI: &str = "' or '1'='1";
+
+/// Pieces of the payloads above that no rule's own text holds: none may leave the node.
+const SHOWN_NEVER: [&str; 7] = [
+    "union select",
+    "alert(",
+    "/bin/cat",
+    "getruntime",
+    "%3cscript",
+    "document.cookie",
+    "'1'='1",
+];
+
+fn attacks() -> Vec<(&'static str, Req)> {
+    let json =
+        |path: &str, body: String| Req::post(path, body).header("content-type", "application/json");
+    vec![
+        (
+            "cookie-sqli",
+            Req::get("/status/200").header("cookie", format!("session={SESSION}; q={COOKIE_SQLI}")),
+        ),
+        (
+            "cookie-xss",
+            Req::get("/status/200")
+                .header("cookie", format!("theme={COOKIE_XSS}; session={SESSION}")),
+        ),
+        (
+            "authorization-shellshock",
+            Req::get("/status/200").header("authorization", AUTH_SHELLSHOCK),
+        ),
+        (
+            "authorization-java",
+            Req::get("/status/200").header("authorization", format!("Bearer {AUTH_JAVA}")),
+        ),
+        (
+            "authorization-jwt",
+            Req::get("/status/200").header("authorization", format!("Bearer {JWT}")),
+        ),
+        (
+            "body-field-sqli",
+            json(
+                "/upload-sha",
+                format!(r#"{{"name":"x","token":"{FIELD_SQLI}"}}"#),
+            ),
+        ),
+        (
+            "form-field-xss",
+            Req::post("/upload-sha", format!("api_key={FORM_XSS}&x=1"))
+                .header("content-type", "application/x-www-form-urlencoded"),
+        ),
+        (
+            "query-xss",
+            Req::get(&format!("/status/200?access_token={QUERY_XSS}&page=1")),
+        ),
+        (
+            "password-sqli",
+            json(
+                "/upload-sha",
+                format!(r#"{{"user":"admin","password":"{PASSWORD_SQLI}"}}"#),
+            ),
+        ),
+    ]
+}
+
+/// What the node made of the attacks sent through Envoy with this `redact` section.
+struct Detected {
+    /// Rule ids per case.
+    rules: Vec<std::collections::BTreeSet<u32>>,
+    /// The node's JSON lines.
+    lines: Vec<String>,
+    /// Its `/attacks` page.
+    page: String,
+    /// Every record the node received, as msgpack (batches only).
+    raw: Vec<u8>,
+    /// The values the node was told to redact (batches only).
+    marked: Vec<Vec<u8>>,
+}
+
+fn detect(protocol: &str, redact: &str) -> Detected {
+    use oob_mirror_node::analysis::pool::{Detection, PoolConfig};
+    use oob_mirror_node::app::{App, AppConfig};
+    use std::sync::{Arc, Mutex};
+    // The node reads the same Secret as the gateway (no other test here starts a node).
+    std::env::set_var(oob_mirror_node::redact::KEY_ENV, SHARED_KEY);
+    let found: Arc<Mutex<Vec<Detection>>> = Arc::default();
+    let records: Arc<Mutex<Vec<oob_mirror_node::Record>>> = Arc::default();
+    let (f, r) = (Arc::clone(&found), Arc::clone(&records));
+    let node = App::start(AppConfig {
+        pool: PoolConfig {
+            threads: 1,
+            ..PoolConfig::default()
+        },
+        on_detection: Some(Arc::new(move |d: &Detection| {
+            f.lock().unwrap().push(d.clone())
+        })),
+        on_batch: Some(Arc::new(move |b| {
+            r.lock().unwrap().extend(b.records.clone())
+        })),
+        ..AppConfig::new(([127, 0, 0, 1], 0).into())
+    })
+    .unwrap();
+    let upstream = support::Upstream::start();
+    let plugin = format!(
+        r#"{{"node":{{"cluster":"oob_mirror_node","protocol":"{protocol}"}},"batch":{{"flush_ms":20}},"redact":{redact}}}"#
+    );
+    let mut config = support::EnvoyConfig::new(upstream.port(), node.addr().port())
+        .concurrency(1)
+        .vm_env("OOB_MIRROR_REDACT_KEY", SHARED_KEY)
+        .plugin(plugin);
+    if protocol == "ext_proc" {
+        config = config.node_http2();
+    }
+    let envoy = support::Envoy::start(&config);
+    let client = support::client::Client::new();
+    let cases = attacks();
+    for (name, req) in &cases {
+        let req = req.clone().header("x-request-id", *name);
+        assert_eq!(client.send(envoy.addr(), &req).status, 200, "{name}");
+    }
+    let detector = Arc::clone(node.detector());
+    let n = cases.len() as u64;
+    support::wait::poll_until(EVENTUALLY, || {
+        (detector.snapshot().exchanges_analysed >= n).then_some(())
+    })
+    .expect("every exchange analysed");
+    assert_eq!(detector.snapshot().decode_errors, 0);
+    let page = client.send(node.addr(), &Req::get("/attacks")).body_str();
+    let detections = found.lock().unwrap().clone();
+    let rules = cases
+        .iter()
+        .map(|(name, _)| {
+            detections
+                .iter()
+                .find(|d| d.request_id.as_deref() == Some(*name))
+                .map(|d| d.rules.iter().map(|m| m.id).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut raw = Vec::new();
+    let mut marked = Vec::new();
+    for record in records.lock().unwrap().iter() {
+        rmpv::encode::write_value(&mut raw, &record.raw).unwrap();
+        marked.extend(record.redact_at_node());
+    }
+    envoy.assert_no_critical_wasm();
+    Detected {
+        rules,
+        lines: detections
+            .iter()
+            .map(oob_mirror_node::report::json_line)
+            .collect(),
+        page,
+        raw,
+        marked,
+    }
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Attacks in cookies, an `authorization` header and redacted body fields and query
+/// parameters give the same CRS rules with the default redaction as with none; a password
+/// field stays a marker at the gateway (the one detection given up); credential-shaped values
+/// never reach the node; and nothing the node shows holds a value it was told to redact.
+fn same_detections_with_redaction(protocol: &str) {
+    let off = detect(protocol, r#"{"enabled":false}"#);
+    let on = detect(protocol, "{}");
+    let gateway = detect(protocol, r#"{"mode":"gateway"}"#);
+    let names: Vec<&str> = attacks().iter().map(|(n, _)| *n).collect();
+    // What `mode: "gateway"` (every value a marker, the old default) gives up.
+    for (i, name) in names.iter().enumerate() {
+        eprintln!("{protocol} {name}: gateway mode {:?}", gateway.rules[i]);
+        if *name != "authorization-jwt" {
+            assert_ne!(gateway.rules[i], off.rules[i], "{name}");
+        }
+    }
+    for (i, name) in names.iter().enumerate() {
+        eprintln!(
+            "{protocol} {name}: off {:?} / default {:?}",
+            off.rules[i], on.rules[i]
+        );
+        match *name {
+            "authorization-jwt" => assert!(off.rules[i].is_empty() && on.rules[i].is_empty()),
+            "password-sqli" => {
+                assert!(off.rules[i].iter().any(|id| id / 1000 == 942), "{name}");
+                assert!(!on.rules[i].iter().any(|id| id / 1000 == 942), "{name}");
+            }
+            _ => {
+                assert!(
+                    !off.rules[i].is_empty(),
+                    "{name}: no rule without redaction"
+                );
+                assert_eq!(on.rules[i], off.rules[i], "{name}");
+            }
+        }
+    }
+    let shown = format!("{}\n{}", on.lines.join("\n"), on.page).to_ascii_lowercase();
+    let off_shown = format!("{}\n{}", off.lines.join("\n"), off.page).to_ascii_lowercase();
+    for piece in SHOWN_NEVER {
+        assert!(
+            !shown.contains(piece),
+            "{piece} shown by the node:\n{shown}"
+        );
+        // Without redaction the node shows each: the check above can fail.
+        assert!(
+            off_shown.contains(piece),
+            "{piece} not shown without redaction"
+        );
+    }
+    for secret in [SESSION, JWT] {
+        assert!(
+            !shown.contains(&secret.to_ascii_lowercase()),
+            "{secret} shown"
+        );
+    }
+    // The node's markers are the gateway's: the cookie's SQL injection, sealed by the node,
+    // has the marker the filter would have written.
+    let filter = oob_mirror::redact::Redactor::new(
+        &oob_mirror::config::RedactConfig::default(),
+        SHARED_KEY.as_bytes().to_vec(),
+    )
+    .unwrap();
+    let sealed = filter.marker(COOKIE_SQLI.as_bytes());
+    assert!(
+        on.lines.iter().any(|l| l.contains(&sealed)),
+        "{sealed} in {:?}",
+        on.lines
+    );
+    if protocol == "batch" {
+        for secret in [SESSION, JWT, "' or '1'='1"] {
+            assert!(!contains(&on.raw, secret), "{secret} reached the node");
+            assert!(
+                contains(&off.raw, secret),
+                "{secret} sent without redaction"
+            );
+        }
+        assert!(contains(&on.raw, &filter.marker(SESSION.as_bytes())));
+        assert!(contains(&on.raw, &filter.marker(JWT.as_bytes())));
+        let marked: Vec<String> = on
+            .marked
+            .iter()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        // The shellshock value is judged after its first space, as a scheme's credentials.
+        let shellshock = AUTH_SHELLSHOCK.split_once(' ').unwrap().1;
+        for value in [
+            COOKIE_SQLI,
+            COOKIE_XSS,
+            shellshock,
+            AUTH_JAVA,
+            FIELD_SQLI,
+            FORM_XSS,
+            QUERY_XSS,
+        ] {
+            assert!(
+                marked.iter().any(|m| m == value),
+                "{value} not marked: {marked:?}"
+            );
+            assert!(contains(&on.raw, value), "{value} not sent");
+        }
+        assert!(off.marked.is_empty());
+    }
+}
+
+#[test]
+fn batches_detect_the_same_with_redaction_as_without() {
+    same_detections_with_redaction("batch");
+}
+
+#[test]
+fn ext_proc_streams_detect_the_same_with_redaction_as_without() {
+    same_detections_with_redaction("ext_proc");
+}
