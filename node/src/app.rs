@@ -3,9 +3,9 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use crate::analysis::pool::{DetectionHook, Detector, PoolConfig};
+use crate::analysis::pool::{Detection, DetectionHook, Detector, PoolConfig};
 use crate::analysis::RulesConfig;
 use crate::intake::security::{RequiredHeaders, TlsConfig};
 use crate::intake::server::{BatchInfo, BoxFuture, Server, ServerConfig, TlsErrorHook};
@@ -51,6 +51,18 @@ impl AppConfig {
     }
 }
 
+/// A detection as the store keeps it.
+fn attack_of(d: &Detection) -> Attack {
+    let classes: Vec<String> = d.classes.iter().map(|c| (*c).to_owned()).collect();
+    Attack::from_exchange(
+        &d.exchange,
+        &d.rules,
+        d.class().to_owned(),
+        classes,
+        STORED_BODY_BYTES,
+    )
+}
+
 /// A running node. Dropping it stops it: the listener first, then the analysis drains.
 pub struct App {
     server: Server,
@@ -63,39 +75,36 @@ impl App {
     /// Loads the rules on every analysis thread, then listens: a rule error is returned
     /// before anything is received.
     pub fn start(config: AppConfig) -> io::Result<App> {
-        // The store first: a store that cannot be opened or migrated stops the node before it
-        // listens. Once running, an outage only costs what the writer drops (counted).
-        let (writer, reader) = match &config.store {
-            Some(store) => (
-                Some(Arc::new(
-                    StoreWriter::spawn(store.clone()).map_err(io::Error::other)?,
-                )),
-                Some(StoreReader::spawn(store.clone()).map_err(io::Error::other)?),
-            ),
-            None => (None, None),
-        };
-        let on_detection: Option<DetectionHook> = match (&writer, config.on_detection) {
-            (Some(writer), hook) => {
-                let writer = Arc::clone(writer);
-                Some(Arc::new(move |d: &crate::analysis::pool::Detection| {
-                    if let Some(hook) = &hook {
-                        hook(d);
-                    }
-                    let classes: Vec<String> = d.classes.iter().map(|c| (*c).to_owned()).collect();
-                    writer.submit(Attack::from_exchange(
-                        &d.exchange,
-                        &d.rules,
-                        d.class().to_owned(),
-                        classes,
-                        STORED_BODY_BYTES,
-                    ));
-                }))
-            }
-            (None, hook) => hook,
+        // The rules first: a rule error stops the node before its store is made. Then the
+        // store: one that cannot be opened or migrated stops the node before it listens. Once
+        // running, an outage only costs what the writer drops (counted). No detection can
+        // come before the listener, which starts last.
+        let store_writer: Arc<OnceLock<Arc<StoreWriter>>> = Arc::default();
+        let on_detection: DetectionHook = {
+            let store_writer = Arc::clone(&store_writer);
+            let hook = config.on_detection;
+            Arc::new(move |d: &Detection| {
+                if let Some(hook) = &hook {
+                    hook(d);
+                }
+                if let Some(writer) = store_writer.get() {
+                    writer.submit(attack_of(d));
+                }
+            })
         };
         let detector = Arc::new(
-            Detector::start(&config.rules, config.pool, on_detection).map_err(io::Error::other)?,
+            Detector::start(&config.rules, config.pool, Some(on_detection))
+                .map_err(io::Error::other)?,
         );
+        let (writer, reader) = match &config.store {
+            Some(store) => {
+                let writer = Arc::new(StoreWriter::spawn(store.clone()).map_err(io::Error::other)?);
+                let reader = StoreReader::spawn(store.clone()).map_err(io::Error::other)?;
+                let _ = store_writer.set(Arc::clone(&writer));
+                (Some(writer), Some(reader))
+            }
+            None => (None, None),
+        };
         let on_batch = {
             let d = Arc::clone(&detector);
             let hook = config.on_batch;

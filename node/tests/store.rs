@@ -1411,11 +1411,6 @@ fn attack_from_exchange() {
     assert_eq!(store::source_ip("unix"), "unix");
     assert_eq!(store::host_key("Shop.Example.COM:8443"), "shop.example.com");
     assert_eq!(store::host_key("[::1]:80"), "[::1]");
-    assert_eq!(
-        store::highest_severity(["NOTICE", "error", "WARNING"]),
-        "ERROR"
-    );
-    assert_eq!(store::highest_severity([]), "");
 }
 
 #[test]

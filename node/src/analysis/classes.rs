@@ -111,9 +111,10 @@ fn of_crs_family(family: u32) -> Option<&'static str> {
     })
 }
 
-/// How bad a severity is, for ordering (CRITICAL highest); an unknown one is lowest.
+/// How bad a severity is, for ordering (CRITICAL highest), in any case; an unknown one is
+/// lowest.
 pub fn severity_rank(severity: &str) -> u8 {
-    match severity {
+    match severity.to_ascii_uppercase().as_str() {
         "EMERGENCY" => 8,
         "ALERT" => 7,
         "CRITICAL" => 6,
@@ -152,6 +153,19 @@ pub fn of_rules(rules: &[RuleMatch]) -> Vec<&'static str> {
         }
         None => vec!["other"],
     }
+}
+
+/// The severity of an attack: the highest among its rules that name an attack, else among all
+/// of them (`NOTICE` when none says).
+pub fn severity(rules: &[RuleMatch]) -> &str {
+    let highest = |classed: bool| {
+        rules
+            .iter()
+            .filter(|r| !classed || of_rule(r.id).is_some())
+            .max_by_key(|r| severity_rank(&r.severity))
+            .map(|r| r.severity.as_str())
+    };
+    highest(true).or_else(|| highest(false)).unwrap_or("NOTICE")
 }
 
 /// The label of a class name (the name itself when unknown).
@@ -223,6 +237,9 @@ mod tests {
         ];
         assert_eq!(of_rules(&rules), ["sqli", "protocol", "xss"]);
         assert_eq!(of_rules(&[rule(949_110, "CRITICAL")]), ["other"]);
+        assert_eq!(severity(&rules), "CRITICAL");
+        assert_eq!(severity(&[rule(949_110, "EMERGENCY")]), "EMERGENCY");
+        assert_eq!(severity(&[]), "NOTICE");
         assert_eq!(of_rules(&[]), ["other"]);
     }
 }

@@ -84,7 +84,7 @@ pub struct Attack {
     pub class: String,
     /// All classes of its rules.
     pub classes: Vec<String>,
-    /// The highest severity among its rules, e.g. `"CRITICAL"` ([`severity_rank`]).
+    /// Its severity, e.g. `"CRITICAL"` ([`classes::severity`](crate::analysis::classes::severity)).
     pub severity: String,
     pub rules: Vec<StoredRule>,
     pub request_headers: Vec<StoredHeader>,
@@ -158,7 +158,7 @@ pub struct Stats {
     pub total: u64,
     /// Most frequent first, then by name.
     pub by_class: Vec<ClassCount>,
-    /// Most severe first ([`severity_rank`]), then by name.
+    /// Most severe first ([`severity_rank`](crate::analysis::classes::severity_rank)), then by name.
     pub by_severity: Vec<(String, u64)>,
     pub first_ns: Option<i64>,
     pub last_ns: Option<i64>,
@@ -344,9 +344,8 @@ pub const FLAGS: &[&str] = &[
 ];
 
 /// For the binary's usage text.
-pub const USAGE: &str = "\
-STORE OPTIONS (with --detect)
-  --store sqlite:PATH         embedded SQLite (default: sqlite:<data-dir>/attacks.sqlite)
+pub const USAGE: &str = "  \
+--store sqlite:PATH         embedded SQLite (default: sqlite:<data-dir>/attacks.sqlite)
   --store postgres://USER@HOST:PORT/DB
                               PostgreSQL, for several replicas; the password is read from
                               OOB_MIRROR_NODE_STORE_PASSWORD (or PGPASSWORD), never the URL
@@ -469,31 +468,6 @@ fn parse_store(value: &str) -> Result<Backend, String> {
     ))
 }
 
-/// `CRITICAL` before `ERROR`…: 0 is the most severe (syslog order, as ModSecurity uses it);
-/// an unknown name ranks last.
-pub fn severity_rank(severity: &str) -> u8 {
-    match severity.to_ascii_uppercase().as_str() {
-        "EMERGENCY" => 0,
-        "ALERT" => 1,
-        "CRITICAL" => 2,
-        "ERROR" => 3,
-        "WARNING" => 4,
-        "NOTICE" => 5,
-        "INFO" => 6,
-        "DEBUG" => 7,
-        _ => 8,
-    }
-}
-
-/// The most severe of these severities (`""` for none).
-pub fn highest_severity<'a>(severities: impl IntoIterator<Item = &'a str>) -> String {
-    severities
-        .into_iter()
-        .min_by_key(|s| severity_rank(s))
-        .map(str::to_ascii_uppercase)
-        .unwrap_or_default()
-}
-
 /// The ip part of `ip:port` (`[::1]:80` → `::1`); anything else as it is.
 pub fn source_ip(source: &str) -> String {
     if let Ok(addr) = std::net::SocketAddr::from_str(source) {
@@ -564,7 +538,7 @@ impl Attack {
             status: response.map(|r| r.status),
             class,
             classes,
-            severity: highest_severity(rules.iter().map(|r| r.severity.as_str())),
+            severity: crate::analysis::classes::severity(rules).to_ascii_uppercase(),
             rules: rules
                 .iter()
                 .map(|r| StoredRule {

@@ -5,9 +5,10 @@
 use std::collections::BTreeSet;
 
 use super::{
-    host_key, severity_rank, Attack, AttackFilter, AttackPage, ClassCount, Group, GroupPage, Stats,
-    Store, StoreError, StoredHeader, MIGRATIONS,
+    host_key, Attack, AttackFilter, AttackPage, ClassCount, Group, GroupPage, Stats, Store,
+    StoreError, StoredHeader, MIGRATIONS,
 };
+use crate::analysis::classes::severity_rank;
 
 /// A parameter or a column: the schema has only integers and text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -481,8 +482,8 @@ impl<C: Conn> Store for SqlStore<C> {
             .by_class
             .sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.class.cmp(&b.class)));
         stats.by_severity.sort_by(|a, b| {
-            severity_rank(&a.0)
-                .cmp(&severity_rank(&b.0))
+            severity_rank(&b.0)
+                .cmp(&severity_rank(&a.0))
                 .then_with(|| a.0.cmp(&b.0))
         });
         Ok(stats)

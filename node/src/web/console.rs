@@ -24,7 +24,7 @@ table { border-collapse: collapse; width: 100% }
 th, td { border-bottom: 1px solid #e6e8eb; padding: 6px 8px; text-align: left; vertical-align: top }
 th { background: #f1f3f5; font-weight: 600 }
 td.path, td.mono, pre { font-family: ui-monospace, monospace; word-break: break-all }
-td.time { white-space: nowrap }
+td.time, td.ip { white-space: nowrap }
 pre { white-space: pre-wrap; margin: 0; background: #f8f9fa; padding: 8px; border-radius: 4px }
 .sev { font-size: 12px; font-weight: 600 } .sev-CRITICAL { color: #b00020 } .sev-ERROR { color: #c05600 } .sev-WARNING { color: #8a6d00 }
 .count { background: #1d232a; color: #fff; border-radius: 10px; padding: 0 7px; font-size: 12px }
@@ -188,7 +188,7 @@ fn row(a: &Attack, count: Option<u64>, first_ns: Option<i64>) -> String {
     let count = count.map_or_else(String::new, |n| format!("<span class=count>{n}×</span>"));
     format!(
         "<tr data-id=\"{id}\"><td class=time>{when}</td><td>{count}</td><td>{class}</td>\
-         <td><span class=\"sev sev-{sev}\">{sev}</span></td><td class=mono>{source}</td>\
+         <td><span class=\"sev sev-{sev}\">{sev}</span></td><td class=\"mono ip\">{source}</td>\
          <td>{method}</td><td>{host}</td><td class=path><a href=\"/attacks/{id}\">{path}</a></td>\
          <td>{status}</td><td class=mono>{rules}</td></tr>\n",
         id = esc(&a.id),
