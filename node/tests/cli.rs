@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
+#[path = "support/pg.rs"]
+mod pg;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -455,4 +457,87 @@ fn bad_tls_files_stop_the_node_with_one_line() {
         assert!(text.contains("--require-header NAME:VALUE"), "{text}");
         assert!(!text.contains(SECRET), "{args:?}: {text}");
     }
+}
+
+/// The API's attack ids, once `n` are there (the writer fills the store off the analysis).
+fn wait_for_attacks(addr: SocketAddr, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = common::get_blocking(addr, "/api/v1/attacks").unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mut ids: Vec<String> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect();
+        if ids.len() >= n {
+            ids.sort();
+            return ids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} attacks not stored: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn a_postgres_store_with_the_password_from_the_environment_keeps_attacks_across_restarts() {
+    let pg = pg::PgCluster::start();
+    let url = pg.url();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--retention-days",
+        "0",
+        "--store",
+        &url,
+    ]
+    .map(OsStr::new);
+    let env = [("OOB_MIRROR_NODE_STORE_PASSWORD", pg::PASSWORD)];
+    let (child, _stdout, stderr, addr) = spawn_with_env(&args, &env);
+    assert_eq!(
+        post_blocking(addr, false, 12, common::attack_batch()).unwrap(),
+        StatusCode::NO_CONTENT
+    );
+    let before = wait_for_attacks(addr, 5);
+    assert_eq!(before, ["cmd", "leak", "seed", "sqli", "xss"]);
+    stop(child);
+    let said: Vec<String> = stderr.try_iter().collect();
+    assert!(
+        said.iter().all(|l| !l.contains(pg::PASSWORD)),
+        "the password in the log: {said:?}"
+    );
+
+    // A new process on the same store lists the same attacks: none is analysed twice.
+    let (child, _stdout, _stderr, addr) = spawn_with_env(&args, &env);
+    assert_eq!(wait_for_attacks(addr, 5), before);
+    stop(child);
+
+    // A wrong password stops the node at start with one line, which does not hold it.
+    let out = Command::new(env!("CARGO_BIN_EXE_oob-mirror-node"))
+        .args(args)
+        .env("OOB_MIRROR_NODE_STORE_PASSWORD", "wrong-Pa55")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        !err.contains("wrong-Pa55") && !err.contains(pg::PASSWORD),
+        "{err}"
+    );
+    assert!(err.contains("password authentication failed"), "{err}");
 }
