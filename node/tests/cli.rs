@@ -466,11 +466,12 @@ fn wait_for_attacks(addr: SocketAddr, n: usize) -> Vec<String> {
         let (status, body) = common::get_blocking(addr, "/api/v1/attacks").unwrap();
         assert_eq!(status, StatusCode::OK, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let mut ids: Vec<String> = v["items"]
-            .as_array()
+        let mut ids: Vec<String> = v
+            .get("items")
+            .and_then(serde_json::Value::as_array)
             .unwrap()
             .iter()
-            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .map(|a| a.get("id").and_then(|id| id.as_str()).unwrap().to_owned())
             .collect();
         if ids.len() >= n {
             ids.sort();
