@@ -29,7 +29,8 @@ pub struct AppConfig {
     pub pool: PoolConfig,
     /// Each detection, as analysed (the JSON lines).
     pub on_detection: Option<DetectionHook>,
-    /// Each batch as received (`--print-records`, and rejected batches said on stderr).
+    /// Each batch as received (`--print-records`, and rejected batches said on stderr), with
+    /// the values marked for the node as their markers.
     pub on_batch: Option<RecordsHook>,
     /// Where attacks are kept for the console and the API; `None`: nowhere (JSON lines only).
     pub store: Option<StoreConfig>,
@@ -113,7 +114,20 @@ impl App {
                     d.count_decode_error();
                 }
                 if let Some(hook) = &hook {
-                    hook(&batch);
+                    // What is printed shows a value marked for the node only as its marker.
+                    if batch.records.iter().any(|r| !r.redact_at_node().is_empty()) {
+                        let sealed = BatchInfo {
+                            records: batch
+                                .records
+                                .iter()
+                                .map(|r| d.sealer().seal_record(r))
+                                .collect(),
+                            ..batch.clone()
+                        };
+                        hook(&sealed);
+                    } else {
+                        hook(&batch);
+                    }
                 }
                 d.submit_records(batch.records);
                 let answer: BoxFuture<u16> = Box::pin(std::future::ready(204));

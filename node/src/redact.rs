@@ -13,6 +13,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::analysis::RuleMatch;
+use crate::intake::record::{HeaderValue, Record};
 use crate::pairing::Exchange;
 
 pub const MARKER_PREFIX: &str = "redacted:";
@@ -129,6 +130,39 @@ impl Sealer {
                 }
             }
         }
+    }
+
+    /// A record with every value marked in it (`redact_at_node`) replaced by its marker, in
+    /// its path, headers, trailers and body: what `--print-records` prints.
+    pub fn seal_record(&self, record: &Record) -> Record {
+        let mut out = record.clone();
+        let mut values = record.redact_at_node();
+        values.retain(|v| !v.is_empty());
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        for value in &values {
+            let marker = self.marker(value);
+            let m = marker.as_bytes();
+            if let Some(path) = out.path.as_ref() {
+                if let Some(sealed) = replace(path.as_bytes(), value, m, false) {
+                    out.path = Some(String::from_utf8_lossy(&sealed).into_owned());
+                }
+            }
+            if let Some(sealed) = replace(&out.body, value, m, false) {
+                out.body = sealed;
+            }
+            for (_, v) in out.headers.iter_mut().chain(out.trailers.iter_mut()) {
+                if let Some(sealed) = replace(v.as_bytes(), value, m, false) {
+                    *v = match String::from_utf8(sealed) {
+                        Ok(text) => HeaderValue::Str(text),
+                        Err(e) => HeaderValue::Bin(e.into_bytes()),
+                    };
+                }
+            }
+        }
+        // The marks point into values that are no longer there.
+        out.raw = rmpv::Value::Nil;
+        out
     }
 
     /// `text` (a rule's `msg` or `data`) with every marked value of `ex` replaced by its

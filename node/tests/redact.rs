@@ -127,7 +127,13 @@ fn files_hold(dir: &std::path::Path, needle: &[u8]) -> bool {
 fn a_marked_value_is_detected_and_never_leaves_the_node() {
     let data = common::tempdir("redact-cli");
     let mut child = Command::new(env!("CARGO_BIN_EXE_oob-mirror-node"))
-        .args(["--detect", "--listen", "127.0.0.1:0", "--threads", "1"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--print-records",
+        ])
         .args(["--retention-days", "0", "--data-dir"])
         .arg(&data)
         .env("OOB_MIRROR_REDACT_KEY", KEY)
@@ -147,9 +153,18 @@ fn a_marked_value_is_detected_and_never_leaves_the_node() {
         post_blocking(addr, false, 2, batch()).unwrap(),
         StatusCode::NO_CONTENT
     );
+    // The two records (--print-records), then the attack.
+    let records = [
+        stdout.recv_timeout(WAIT).unwrap(),
+        stdout.recv_timeout(WAIT).unwrap(),
+    ];
     let line = stdout.recv_timeout(WAIT).unwrap();
     let json: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(json["id"], "marked");
+    for record in &records {
+        let r: serde_json::Value = serde_json::from_str(record).unwrap();
+        assert_eq!(r["id"], "marked", "{record}");
+    }
     let rules: Vec<u64> = json["rules"]
         .as_array()
         .unwrap()
@@ -164,8 +179,25 @@ fn a_marked_value_is_detected_and_never_leaves_the_node() {
     let marker = oob_mirror_node::redact::Sealer::new(KEY.as_bytes()).marker(SQLI.as_bytes());
     assert_eq!(marker, "redacted:4e5199e3d6172092");
     assert!(line.contains(&marker), "{line}");
-    let (status, page) = get_blocking(addr, "/attacks").unwrap();
-    assert_eq!(status, StatusCode::OK);
+    assert!(
+        records[0].contains(&marker),
+        "the request record: {}",
+        records[0]
+    );
+    // The console reads the store, which the writer fills off the analysis thread.
+    let deadline = std::time::Instant::now() + WAIT;
+    let page = loop {
+        let (status, page) = get_blocking(addr, "/attacks/marked").unwrap();
+        if status == StatusCode::OK {
+            break page;
+        }
+        assert!(std::time::Instant::now() < deadline, "not stored: {page}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        page.contains(&marker),
+        "the attack's page shows the marker: {page}"
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -173,6 +205,10 @@ fn a_marked_value_is_detected_and_never_leaves_the_node() {
     let rest: Vec<String> = stderr.iter().collect();
     for piece in ["UNION SELECT", "union select", "UNION%20SELECT"] {
         assert!(!line.contains(piece), "JSON line: {line}");
+        assert!(
+            !records.iter().any(|r| r.contains(piece)),
+            "records: {records:?}"
+        );
         assert!(!page.contains(piece), "/attacks page");
         assert!(!rest.iter().any(|l| l.contains(piece)), "stderr: {rest:?}");
         assert!(!files_hold(&data, piece.as_bytes()), "the store's files");

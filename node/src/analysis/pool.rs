@@ -276,6 +276,11 @@ impl Detector {
         }
     }
 
+    /// The markers' key: what leaves the node shows a marked value only as its marker.
+    pub fn sealer(&self) -> &Sealer {
+        &self.shared.sealer
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let c = &self.shared.counters;
         let (counts, pending) = {
