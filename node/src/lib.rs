@@ -8,6 +8,8 @@
 //! - [`redact`]: values the filter left in clear for the node, replaced by their markers once
 //!   analysed, before anything leaves memory.
 //! - [`report`]: the JSON line of a detection, the `/attacks` page and `/metrics`.
+//! - [`inventory`]: API discovery, every analysed exchange's endpoint, fields, types,
+//!   authentication and sensitive data, an OpenAPI export, shadow and zombie endpoints.
 //! - [`store`]: every detection with its exchange, in SQLite or PostgreSQL, with retention.
 //! - [`web`]: what is served on `GET`.
 //! - [`app`]: all of it assembled, as the binary runs it.
@@ -17,6 +19,7 @@
 pub mod analysis;
 pub mod app;
 pub mod intake;
+pub mod inventory;
 pub mod pairing;
 pub mod redact;
 pub mod report;
