@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use oob_mirror_node::analysis::RuleMatch;
+use oob_mirror_node::inventory;
 use oob_mirror_node::pairing::{Exchange, ResponsePart};
 use oob_mirror_node::store::{
-    self, Attack, AttackFilter, Backend, ClassCount, LogHook, Store, StoreConfig, StoreCounters,
-    StoreError, StoreReader, StoreWriter, StoredHeader, StoredRule,
+    self, Attack, AttackFilter, Backend, ClassCount, InventoryFilter, LogHook, Store, StoreConfig,
+    StoreCounters, StoreError, StoreReader, StoreWriter, StoredHeader, StoredRule,
 };
 use pg::PgCluster;
 
@@ -188,6 +189,9 @@ both!(
     writer_full_queue_drops_and_counts,
     writer_prunes_by_age_and_count,
     outage_counted_logged_once_then_recovery,
+    inventory_replicas_add_up_to_one_inventory,
+    inventory_moves_and_filters,
+    inventory_reader_and_flusher,
 );
 
 // --- test data --------------------------------------------------------------------------------
@@ -795,8 +799,8 @@ fn migrations_idempotent_and_survive_reopen(db: &Db) {
         Some(attack("kept", 0, "sqli", None))
     );
     let mut raw = db.raw();
-    assert_eq!(raw.count("SELECT COUNT(*) FROM schema_migrations"), 1);
-    assert_eq!(raw.count("SELECT MAX(version) FROM schema_migrations"), 1);
+    assert_eq!(raw.count("SELECT COUNT(*) FROM schema_migrations"), 2);
+    assert_eq!(raw.count("SELECT MAX(version) FROM schema_migrations"), 2);
 }
 
 fn concurrent_migrations_apply_once(db: &Db) {
@@ -814,7 +818,7 @@ fn concurrent_migrations_apply_once(db: &Db) {
         t.join().unwrap().unwrap();
     }
     let mut raw = db.raw();
-    assert_eq!(raw.count("SELECT COUNT(*) FROM schema_migrations"), 1);
+    assert_eq!(raw.count("SELECT COUNT(*) FROM schema_migrations"), 2);
     assert_eq!(raw.count("SELECT COUNT(*) FROM attacks"), 1);
 }
 
@@ -827,7 +831,7 @@ fn schema_too_new_refused(db: &Db) {
         s.migrate(),
         Err(StoreError::SchemaTooNew {
             found: 99,
-            known: 1
+            known: 2
         })
     );
 }
@@ -1452,4 +1456,225 @@ oob_mirror_node_store_queued 4
 oob_mirror_node_store_up 0
 "
     );
+}
+
+// --- the inventory (migration 0002) ----------------------------------------------------------
+
+fn inv_exchange(path: &str, status: u16, body: &str, ts: u64) -> Exchange {
+    Exchange {
+        method: "GET".into(),
+        authority: Some("Shop.example.com:443".into()),
+        path: path.into(),
+        ts_ns: ts,
+        response: Some(ResponsePart {
+            status,
+            headers: vec![(b"content-type".to_vec(), b"application/json".to_vec())],
+            body: body.as_bytes().to_vec(),
+        }),
+        ..Exchange::default()
+    }
+}
+
+fn traffic() -> Vec<Exchange> {
+    (0..20u64)
+        .map(|i| {
+            let body = if i % 2 == 0 {
+                format!(r#"{{"id":{i},"email":"u{i}@example.com"}}"#)
+            } else {
+                format!(r#"{{"id":{i}}}"#)
+            };
+            inv_exchange(
+                &format!("/users/{i}?page={i}"),
+                200 + (i % 3) as u16,
+                &body,
+                T0 as u64 + i,
+            )
+        })
+        .collect()
+}
+
+fn observe_all(inv: &mut inventory::Inventory, exchanges: &[Exchange]) {
+    let cfg = inventory::Config::default();
+    for e in exchanges {
+        inv.add(inventory::observe::observe(e, &cfg).unwrap());
+    }
+}
+
+/// Two replicas, each seeing half the traffic and writing its deltas (twice each) to one
+/// store, give the inventory one node seeing all of it would.
+fn inventory_replicas_add_up_to_one_inventory(db: &Db) {
+    let all = traffic();
+    let mut one = inventory::Inventory::new(inventory::Config::default());
+    observe_all(&mut one, &all);
+    let alone = one.take();
+
+    let (mut a, mut b) = (db.open(), db.open());
+    for (k, half) in all.chunks(5).enumerate() {
+        let mut replica = inventory::Inventory::new(inventory::Config::default());
+        observe_all(&mut replica, half);
+        let store = if k % 2 == 0 { &mut a } else { &mut b };
+        store.inventory_apply(&replica.take()).unwrap();
+    }
+    let got = a.inventory(&InventoryFilter::default()).unwrap();
+    assert_eq!(got.endpoints, alone.endpoints);
+    let e = &got.endpoints[0];
+    assert_eq!(
+        (e.host.as_str(), e.template.as_str(), e.count),
+        ("shop.example.com", "/users/{user_id}", 20)
+    );
+    assert_eq!((e.first_ns, e.last_ns), (T0, T0 + 19));
+    let facts: Vec<String> = e
+        .facts
+        .iter()
+        .map(|(f, n)| format!("{} {} {} {} {n}", f.kind, f.scope, f.name, f.ty))
+        .collect();
+    assert_eq!(
+        facts,
+        [
+            "param  user_id integer 20",
+            "query  page integer 20",
+            "resp_body 200 application/json  7",
+            "resp_body 201 application/json  7",
+            "resp_body 202 application/json  6",
+            "resp_field 200 email string 4",
+            "resp_field 200 id integer 7",
+            "resp_field 201 email string 3",
+            "resp_field 201 id integer 7",
+            "resp_field 202 email string 3",
+            "resp_field 202 id integer 6",
+            "resp_type 200 application/json  7",
+            "resp_type 201 application/json  7",
+            "resp_type 202 application/json  6",
+            "sensitive response email email 10",
+            "status  200  7",
+            "status  201  7",
+            "status  202  6",
+        ]
+    );
+}
+
+fn inventory_moves_and_filters(db: &Db) {
+    let mut s = db.open();
+    let mut inv = inventory::Inventory::new(inventory::Config::default());
+    let slugs = ["a-b", "c-d", "e-f", "g-h"];
+    let ex: Vec<Exchange> = slugs
+        .iter()
+        .enumerate()
+        .map(|(i, slug)| inv_exchange(&format!("/posts/{slug}"), 200, "{}", T0 as u64 + i as u64))
+        .collect();
+    observe_all(&mut inv, &ex);
+    s.inventory_apply(&inv.take()).unwrap();
+    assert_eq!(
+        s.inventory(&InventoryFilter::default())
+            .unwrap()
+            .endpoints
+            .len(),
+        4
+    );
+    observe_all(
+        &mut inv,
+        &[inv_exchange("/posts/i-j", 404, "{}", T0 as u64 + 10)],
+    );
+    observe_all(
+        &mut inv,
+        &[inv_exchange("/other/1", 200, "{}", T0 as u64 + 11)],
+    );
+    let delta = inv.take();
+    assert_eq!(delta.moves.len(), 4);
+    s.inventory_apply(&delta).unwrap();
+    let got = s.inventory(&InventoryFilter::default()).unwrap();
+    let rows: Vec<(String, u64, i64, i64)> = got
+        .endpoints
+        .iter()
+        .map(|e| (e.template.clone(), e.count, e.first_ns - T0, e.last_ns - T0))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("/other/{other_id}".to_owned(), 1, 11, 11),
+            ("/posts/{post_slug}".into(), 5, 0, 10)
+        ]
+    );
+    let posts = &got.endpoints[1];
+    let statuses: Vec<(String, u64)> = posts
+        .facts
+        .iter()
+        .filter(|(f, _)| f.kind == "status")
+        .map(|(f, n)| (f.name.clone(), *n))
+        .collect();
+    assert_eq!(statuses, [("200".to_owned(), 4), ("404".into(), 1)]);
+    let filtered = |f: InventoryFilter| -> Vec<String> {
+        let mut s = db.open();
+        s.inventory(&f)
+            .unwrap()
+            .endpoints
+            .into_iter()
+            .map(|e| e.template)
+            .collect()
+    };
+    assert_eq!(
+        filtered(InventoryFilter {
+            path_prefix: Some("/posts".into()),
+            ..Default::default()
+        }),
+        ["/posts/{post_slug}"]
+    );
+    assert_eq!(
+        filtered(InventoryFilter {
+            host: Some("SHOP.example.com:8443".into()),
+            method: Some("get".into()),
+            ..Default::default()
+        })
+        .len(),
+        2
+    );
+    assert!(filtered(InventoryFilter {
+        method: Some("POST".into()),
+        ..Default::default()
+    })
+    .is_empty());
+    assert!(filtered(InventoryFilter {
+        host: Some("elsewhere".into()),
+        ..Default::default()
+    })
+    .is_empty());
+    // Cuts add up too.
+    let cut = inventory::Delta {
+        cuts: vec![inventory::CutCount {
+            host: "shop.example.com".into(),
+            reason: "templates".into(),
+            count: 3,
+        }],
+        ..Default::default()
+    };
+    s.inventory_apply(&cut).unwrap();
+    s.inventory_apply(&cut).unwrap();
+    assert_eq!(
+        s.inventory(&InventoryFilter::default()).unwrap().cuts[0].count,
+        6
+    );
+}
+
+/// The flusher writes the analysis side's counts on demand; the reader reads them.
+fn inventory_reader_and_flusher(db: &Db) {
+    let shared = Arc::new(inventory::Shared::new(inventory::Config::default()));
+    let flusher = store::InventoryFlusher::spawn(db.cfg.clone(), Arc::clone(&shared)).unwrap();
+    for e in traffic() {
+        shared.observe(&e);
+    }
+    assert!(flusher.flush(Duration::from_secs(10)));
+    let reader = StoreReader::spawn(db.cfg.clone()).unwrap();
+    let got = runtime()
+        .block_on(reader.inventory(InventoryFilter::default()))
+        .unwrap();
+    assert_eq!(got.endpoints.len(), 1);
+    assert_eq!(got.endpoints[0].count, 20);
+    // What is counted after the last flush is written when the flusher stops.
+    shared.observe(&traffic()[0]);
+    drop(flusher);
+    let got = runtime()
+        .block_on(reader.inventory(InventoryFilter::default()))
+        .unwrap();
+    assert_eq!(got.endpoints[0].count, 21);
+    assert_eq!(shared.flushes.load(std::sync::atomic::Ordering::Relaxed), 2);
 }

@@ -35,12 +35,14 @@ use serde::{Deserialize, Serialize};
 use crate::analysis::RuleMatch;
 use crate::pairing::Exchange;
 
+pub mod inventory;
 pub mod postgres;
 mod reader;
 pub mod sql;
 pub mod sqlite;
 mod writer;
 
+pub use inventory::{InventoryData, InventoryFilter, InventoryFlusher};
 pub use reader::StoreReader;
 pub use writer::{StoreCounters, StoreWriter};
 
@@ -224,6 +226,10 @@ pub trait Store: Send {
         max_count: Option<u64>,
         now_ns: i64,
     ) -> Result<u64, StoreError>;
+    /// Adds an inventory delta, in one transaction ([`inventory::apply`]).
+    fn inventory_apply(&mut self, delta: &crate::inventory::Delta) -> Result<(), StoreError>;
+    /// The inventory's endpoints a filter selects ([`inventory::load`]).
+    fn inventory(&mut self, f: &InventoryFilter) -> Result<InventoryData, StoreError>;
 }
 
 /// One schema version, as SQL for each backend (the same schema; PostgreSQL's ids compare
@@ -237,12 +243,20 @@ pub struct Migration {
 }
 
 /// The migrations, in order; a store records each applied one in `schema_migrations`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "attacks",
-    sqlite: include_str!("migrations/sqlite/0001_attacks.sql"),
-    postgres: include_str!("migrations/postgres/0001_attacks.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "attacks",
+        sqlite: include_str!("migrations/sqlite/0001_attacks.sql"),
+        postgres: include_str!("migrations/postgres/0001_attacks.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "inventory",
+        sqlite: include_str!("migrations/sqlite/0002_inventory.sql"),
+        postgres: include_str!("migrations/postgres/0002_inventory.sql"),
+    },
+];
 
 /// Where the store is.
 #[derive(Debug, Clone, PartialEq, Eq)]

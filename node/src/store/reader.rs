@@ -5,7 +5,10 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 
 use tokio::sync::oneshot;
 
-use super::{Attack, AttackFilter, AttackPage, GroupPage, Stats, Store, StoreConfig, StoreError};
+use super::{
+    Attack, AttackFilter, AttackPage, GroupPage, InventoryData, InventoryFilter, Stats, Store,
+    StoreConfig, StoreError,
+};
 
 /// Reads waiting for the reader thread, at most; past that a read fails with
 /// [`StoreError::Busy`] rather than queueing without bound.
@@ -18,6 +21,7 @@ enum Request {
     Groups(AttackFilter, u32, u32, u64, Reply<GroupPage>),
     Get(String, Reply<Option<Attack>>),
     Stats(AttackFilter, Reply<Stats>),
+    Inventory(InventoryFilter, Reply<InventoryData>),
 }
 
 /// Cheap to clone; the thread stops when the last clone is dropped.
@@ -94,6 +98,11 @@ impl StoreReader {
     pub async fn stats(&self, f: AttackFilter) -> Result<Stats, StoreError> {
         self.ask(|r| Request::Stats(f, r)).await
     }
+
+    /// The inventory's endpoints `f` selects.
+    pub async fn inventory(&self, f: InventoryFilter) -> Result<InventoryData, StoreError> {
+        self.ask(|r| Request::Inventory(f, r)).await
+    }
 }
 
 /// Runs `op`; after a failure, once more on a new connection (the old one may be dead: a
@@ -135,6 +144,11 @@ fn serve(cfg: &StoreConfig, store: &mut Option<Box<dyn Store>>, req: Request) {
         Request::Stats(f, reply) => {
             if !reply.is_closed() {
                 let _ = reply.send(retry(cfg, store, |s| s.stats(&f)));
+            }
+        }
+        Request::Inventory(f, reply) => {
+            if !reply.is_closed() {
+                let _ = reply.send(retry(cfg, store, |s| s.inventory(&f)));
             }
         }
     }

@@ -316,6 +316,17 @@ fn delete_where<C: Conn>(conn: &mut C, q: &Q, cond: &str) -> Result<u64, StoreEr
 }
 
 impl<C: Conn> Store for SqlStore<C> {
+    fn inventory_apply(&mut self, delta: &crate::inventory::Delta) -> Result<(), StoreError> {
+        self.inventory_write(delta)
+    }
+
+    fn inventory(
+        &mut self,
+        f: &super::InventoryFilter,
+    ) -> Result<super::InventoryData, StoreError> {
+        super::inventory::load(&mut self.conn, f)
+    }
+
     fn migrate(&mut self) -> Result<(), StoreError> {
         let dialect = self.conn.dialect();
         self.transaction(|conn| {
@@ -527,6 +538,13 @@ impl<C: Conn> Store for SqlStore<C> {
 }
 
 impl<C: Conn> SqlStore<C> {
+    fn inventory_write(&mut self, delta: &crate::inventory::Delta) -> Result<(), StoreError> {
+        if delta.is_empty() {
+            return Ok(());
+        }
+        self.transaction(|conn| super::inventory::apply(conn, delta))
+    }
+
     fn count(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         let rows = self.conn.query(sql, params)?;
         match rows.into_iter().next() {
