@@ -29,9 +29,12 @@ pub struct AppConfig {
     pub pool: PoolConfig,
     /// Each detection, as analysed (the JSON lines).
     pub on_detection: Option<DetectionHook>,
-    /// Each batch as received (`--print-records`, and rejected batches said on stderr), with
-    /// the values marked for the node as their markers.
+    /// Each batch as received, values marked for the node in clear (rejected batches said on
+    /// stderr; tests see what arrived).
     pub on_batch: Option<RecordsHook>,
+    /// Each batch with the values marked for the node as their markers: what may leave the
+    /// node (`--print-records`).
+    pub on_records: Option<RecordsHook>,
     /// Where attacks are kept for the console and the API; `None`: nowhere (JSON lines only).
     pub store: Option<StoreConfig>,
 }
@@ -47,6 +50,7 @@ impl AppConfig {
             pool: PoolConfig::default(),
             on_detection: None,
             on_batch: None,
+            on_records: None,
             store: None,
         }
     }
@@ -109,11 +113,15 @@ impl App {
         let on_batch = {
             let d = Arc::clone(&detector);
             let hook = config.on_batch;
+            let print = config.on_records;
             Arc::new(move |batch: BatchInfo| {
                 if batch.error.is_some() {
                     d.count_decode_error();
                 }
                 if let Some(hook) = &hook {
+                    hook(&batch);
+                }
+                if let Some(print) = &print {
                     // What is printed shows a value marked for the node only as its marker.
                     if batch.records.iter().any(|r| !r.redact_at_node().is_empty()) {
                         let sealed = BatchInfo {
@@ -124,9 +132,9 @@ impl App {
                                 .collect(),
                             ..batch.clone()
                         };
-                        hook(&sealed);
+                        print(&sealed);
                     } else {
-                        hook(&batch);
+                        print(&batch);
                     }
                 }
                 d.submit_records(batch.records);

@@ -128,13 +128,16 @@ fn run(args: Args) -> io::Result<()> {
         Some((cert, key)) => Some(TlsConfig::from_files(cert, key).map_err(io::Error::other)?),
         None => None,
     };
-    let all = args.detect.print_records;
     // Rejected batches are always said (on stderr); records only when asked.
-    let print: RecordsHook = Arc::new(move |batch: &BatchInfo| {
-        if all || batch.error.is_some() {
+    let rejected: RecordsHook = Arc::new(|batch: &BatchInfo| {
+        if batch.error.is_some() {
             print_batch(batch);
         }
     });
+    let records: Option<RecordsHook> = args
+        .detect
+        .print_records
+        .then(|| Arc::new(print_batch) as RecordsHook);
     let config = AppConfig {
         on_tls_error: tls.is_some().then(tls_error_printer),
         tls,
@@ -142,7 +145,8 @@ fn run(args: Args) -> io::Result<()> {
         rules: args.detect.rules,
         pool: args.detect.pool,
         on_detection: Some(Arc::new(print_detection)),
-        on_batch: Some(print),
+        on_batch: Some(rejected),
+        on_records: records,
         store: args.store,
         ..AppConfig::new(args.listen)
     };

