@@ -9,7 +9,9 @@ use crate::analysis::pool::{Detection, DetectionHook, Detector, PoolConfig};
 use crate::analysis::RulesConfig;
 use crate::intake::security::{RequiredHeaders, TlsConfig};
 use crate::intake::server::{BatchInfo, BoxFuture, Server, ServerConfig, TlsErrorHook};
-use crate::store::{Attack, StoreConfig, StoreReader, StoreWriter};
+use crate::inventory::{Config as InventoryConfig, Shared as Inventory};
+use crate::pairing::Exchange;
+use crate::store::{Attack, InventoryFlusher, StoreConfig, StoreReader, StoreWriter};
 use crate::web::{self, Web};
 
 /// Bytes of each body kept with an attack in the store (the true size is kept too).
@@ -37,6 +39,9 @@ pub struct AppConfig {
     pub on_records: Option<RecordsHook>,
     /// Where attacks are kept for the console and the API; `None`: nowhere (JSON lines only).
     pub store: Option<StoreConfig>,
+    /// API discovery (crate::inventory), kept in the store; `None`: off (`--inventory off`).
+    /// Without a store it is off too.
+    pub inventory: Option<InventoryConfig>,
 }
 
 impl AppConfig {
@@ -52,6 +57,7 @@ impl AppConfig {
             on_batch: None,
             on_records: None,
             store: None,
+            inventory: Some(InventoryConfig::default()),
         }
     }
 }
@@ -72,6 +78,8 @@ fn attack_of(d: &Detection) -> Attack {
 pub struct App {
     server: Server,
     detector: Arc<Detector>,
+    /// After the detector: dropped once the analysis drained, it writes what is left.
+    flusher: Option<InventoryFlusher>,
     writer: Option<Arc<StoreWriter>>,
     tls: bool,
 }
@@ -109,6 +117,18 @@ impl App {
                 (Some(writer), Some(reader))
             }
             None => (None, None),
+        };
+        // API discovery: counted on the analysis threads, written by a flusher of its own.
+        let (inventory, flusher) = match (&config.inventory, &config.store) {
+            (Some(inv), Some(store)) => {
+                let shared = Arc::new(Inventory::new(inv.clone()));
+                let flusher = InventoryFlusher::spawn(store.clone(), Arc::clone(&shared))
+                    .map_err(io::Error::other)?;
+                let observer = Arc::clone(&shared);
+                detector.on_exchange(Arc::new(move |ex: &Exchange| observer.observe(ex)));
+                (Some(shared), Some(flusher))
+            }
+            _ => (None, None),
         };
         let on_batch = {
             let d = Arc::clone(&detector);
@@ -159,6 +179,7 @@ impl App {
                 detector: Arc::clone(&detector),
                 reader,
                 writer: writer.clone(),
+                inventory,
             })),
             on_extproc: Some(on_extproc),
             tls: config.tls,
@@ -168,6 +189,7 @@ impl App {
         Ok(App {
             server,
             detector,
+            flusher,
             writer,
             tls,
         })
@@ -195,6 +217,12 @@ impl App {
     /// Attacks still being analysed are not waited for.
     pub fn flush_store(&self, timeout: std::time::Duration) -> bool {
         self.writer.as_ref().is_none_or(|w| w.flush(timeout))
+    }
+
+    /// Writes the inventory counted so far to the store now; `false` on failure or timeout
+    /// (`true` when discovery is off). Exchanges still being analysed are not waited for.
+    pub fn flush_inventory(&self, timeout: std::time::Duration) -> bool {
+        self.flusher.as_ref().is_none_or(|f| f.flush(timeout))
     }
 
     /// Stops listening (open connections are dropped); the analysis drains when the `App`

@@ -15,6 +15,7 @@ use oob_mirror_node::analysis::pool::{Detection, PoolConfig};
 use oob_mirror_node::analysis::RulesConfig;
 use oob_mirror_node::app::{App, AppConfig, RecordsHook};
 use oob_mirror_node::intake::server::{BatchInfo, TlsErrorHook};
+use oob_mirror_node::inventory;
 use oob_mirror_node::report;
 use oob_mirror_node::store::{self, StoreConfig};
 use oob_mirror_node::{to_json_line, RequiredHeaders, TlsConfig};
@@ -68,6 +69,18 @@ the console (GET /attacks) and the API (GET /api/v1/, described at
   --store none                no store: JSON lines only, the console and API answer 503
 ";
 
+const DISCOVERY_USAGE: &str = "
+API discovery (docs/analysis-node.md#api-discovery): every analysed exchange adds to an
+inventory in the store, at GET /apis, /api/v1/inventory and
+/api/v1/inventory/openapi.json?host=H:
+
+  --inventory on|off          learn the endpoints (default on; needs a store)
+  --spec FILE | HOST=FILE     an OpenAPI 3.x spec (JSON or YAML), its host from its servers or
+                              given; endpoints seen but not in it are shadow APIs (repeatable)
+  --zombie-after DURATION     a spec endpoint not seen for this long is a zombie API
+                              (default 7d; 30m, 12h, 2w...)
+";
+
 #[derive(Debug)]
 struct Args {
     listen: SocketAddr,
@@ -78,6 +91,8 @@ struct Args {
     require: RequiredHeaders,
     /// `None`: `--store none`.
     store: Option<StoreConfig>,
+    /// `None`: `--inventory off`.
+    inventory: Option<inventory::Config>,
 }
 
 #[derive(Debug, Default)]
@@ -91,7 +106,7 @@ fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Some(args)) => args,
         Ok(None) => {
-            print!("{USAGE}{}", store::USAGE);
+            print!("{USAGE}{}{DISCOVERY_USAGE}", store::USAGE);
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -148,6 +163,7 @@ fn run(args: Args) -> io::Result<()> {
         on_batch: Some(rejected),
         on_records: records,
         store: args.store,
+        inventory: args.inventory,
         ..AppConfig::new(args.listen)
     };
     let mut app = App::start(config)?;
@@ -226,6 +242,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     let mut d = DetectArgs::default();
     let mut store = StoreConfig::default();
     let mut no_store = false;
+    let mut discovery = inventory::Config::default();
+    let mut discovery_on = true;
     let (mut tls_cert, mut tls_key): (Option<PathBuf>, Option<PathBuf>) = (None, None);
     let mut require = RequiredHeaders::default();
     while let Some(arg) = it.next() {
@@ -276,6 +294,19 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
                     store.parse_flag(f, &v)?;
                 }
             }
+            "--inventory" => {
+                discovery_on = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--inventory: on or off, not {other}")),
+                };
+            }
+            "--spec" => discovery.specs.extend(inventory::spec::load(&value()?)?),
+            "--zombie-after" => {
+                let v = value()?;
+                discovery.zombie_after = humantime::parse_duration(&v)
+                    .map_err(|e| format!("--zombie-after: {e}: {v}"))?;
+            }
             "--print-records" => {
                 d.print_records = true;
             }
@@ -320,6 +351,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         listen,
         detect: d,
         store: (!no_store).then_some(store),
+        inventory: discovery_on.then_some(discovery),
         tls,
         require,
     }))
@@ -405,6 +437,40 @@ mod tests {
         }
         let e = parse(&["--require-header-env", "x-token:OOB_MIRROR_SINK_TEST_UNSET"]).unwrap_err();
         assert!(e.contains("OOB_MIRROR_SINK_TEST_UNSET is not set"), "{e}");
+    }
+
+    #[test]
+    fn discovery_flags() {
+        let a = parse(&[]).unwrap().unwrap();
+        let d = a.inventory.unwrap();
+        assert_eq!(d.zombie_after, inventory::DEFAULT_ZOMBIE_AFTER);
+        assert!(d.specs.is_empty());
+        assert!(parse(&["--inventory", "off"])
+            .unwrap()
+            .unwrap()
+            .inventory
+            .is_none());
+        assert!(parse(&["--inventory", "maybe"]).is_err());
+        let dir = std::env::temp_dir().join(format!("oob-mirror-spec-flag-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("shop.yaml");
+        std::fs::write(
+            &file,
+            "openapi: 3.0.0\ninfo: {title: t, version: '1'}\npaths:\n  /a: {get: {}}\n",
+        )
+        .unwrap();
+        let arg = format!("shop.example.com={}", file.display());
+        let a = parse(&["--spec", &arg, "--zombie-after=12h"])
+            .unwrap()
+            .unwrap();
+        let d = a.inventory.unwrap();
+        assert_eq!(d.specs[0].host, "shop.example.com");
+        assert_eq!(d.zombie_after, Duration::from_secs(12 * 3600));
+        assert!(parse(&["--spec", &file.display().to_string()])
+            .unwrap_err()
+            .contains("no host"));
+        assert!(parse(&["--zombie-after", "soon"]).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -135,6 +135,51 @@ fn the_api_lists_filters_counts_and_exports_the_attacks() {
     let (status, doc) = get(&node, "/api/v1/openapi.json");
     assert_eq!((status, &doc["openapi"]), (200, &"3.1.0".into()));
 
+    // API discovery: every exchange analysed (the benign one too) is in the inventory.
+    assert!(node.flush_inventory(std::time::Duration::from_secs(10)));
+    let (status, inv) = get(&node, "/api/v1/inventory");
+    assert_eq!(status, 200, "{inv}");
+    let templates: Vec<String> = inv["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["method"].as_str().unwrap(),
+                e["template"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        templates,
+        [
+            "POST /api/comments",
+            "POST /api/ping",
+            "GET /api/products",
+            "GET /api/reports/{report_id}",
+            "GET /api/users/{user_id}",
+            "GET /etc/passwd",
+        ]
+    );
+    let (_, narrowed) = get(&node, "/api/v1/inventory?method=post&path=/api/p");
+    assert_eq!(narrowed["total"], 1);
+    assert_eq!(narrowed["items"][0]["template"], "/api/ping");
+    assert_eq!(
+        narrowed["items"][0]["attacks"],
+        "/attacks?host=api.example.com&path=%2Fapi%2Fping"
+    );
+    let (status, doc) = get(&node, "/api/v1/inventory/openapi.json?host=API.example.com");
+    assert_eq!((status, &doc["openapi"]), (200, &"3.1.0".into()));
+    assert_eq!(
+        doc["paths"]["/api/users/{user_id}"]["get"]["parameters"][0]["schema"],
+        serde_json::json!({"type": "integer"})
+    );
+    let (status, empty) = get(&node, "/api/v1/inventory/openapi.json?host=nowhere");
+    assert_eq!((status, &empty["paths"]), (200, &serde_json::json!({})));
+    let (status, bad) = get(&node, "/api/v1/inventory?spec=ghost");
+    assert_eq!(status, 400, "{bad}");
+
     schemathesis(&node);
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
@@ -180,9 +225,9 @@ fn schemathesis(node: &oob_mirror_node::app::App) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "schemathesis failed:\n{said}");
-    // It tested the four operations: a run that tested nothing must not pass.
+    // It tested the six operations: a run that tested nothing must not pass.
     assert!(
-        said.contains("Tested: 4") && said.contains("No issues found"),
+        said.contains("Tested: 6") && said.contains("No issues found"),
         "{said}"
     );
     eprintln!("{said}");

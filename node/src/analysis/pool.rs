@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,9 @@ impl Detection {
 
 pub type DetectionHook = Arc<dyn Fn(&Detection) + Send + Sync>;
 
+/// Called with every exchange analysed (attacks or not), sealed, on its analysis thread.
+pub type ExchangeHook = Arc<dyn Fn(&Exchange) + Send + Sync>;
+
 /// Counters, as `/metrics` shows them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -113,6 +116,8 @@ struct Shared {
     queued: AtomicUsize,
     matches: Mutex<BTreeMap<u32, u64>>,
     hook: Option<DetectionHook>,
+    /// Every analysed exchange (API discovery, crate::inventory); set once.
+    on_exchange: OnceLock<ExchangeHook>,
     /// Values the filter left in clear become markers once analysed (crate::redact).
     sealer: Sealer,
     started: Instant,
@@ -147,6 +152,7 @@ impl Detector {
             queued: AtomicUsize::new(0),
             matches: Mutex::new(BTreeMap::new()),
             hook,
+            on_exchange: OnceLock::new(),
             sealer: Sealer::from_env(),
             started: Instant::now(),
             stop: AtomicBool::new(false),
@@ -233,6 +239,12 @@ impl Detector {
                 .fetch_add(1, Ordering::Relaxed);
         }
         ok
+    }
+
+    /// Hands every exchange analysed from now on, sealed, to `hook` (once; `false` if a hook
+    /// was set already).
+    pub fn on_exchange(&self, hook: ExchangeHook) -> bool {
+        self.shared.on_exchange.set(hook).is_ok()
     }
 
     pub fn count_decode_error(&self) {
@@ -344,6 +356,9 @@ impl Shared {
             Ordering::Relaxed,
         );
         c.bodies_cut.fetch_add(cut as u64, Ordering::Relaxed);
+        if let Some(on_exchange) = self.on_exchange.get() {
+            on_exchange(&exchange);
+        }
         if !rules.is_empty() {
             {
                 let mut matches = lock(&self.matches);

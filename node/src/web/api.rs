@@ -4,7 +4,8 @@
 //! - `GET attacks`: the attacks the filters select, newest first, a page at a time;
 //! - `GET attacks/{id}`: one attack, with its exchange as analysed;
 //! - `GET stats`: counts by class and severity over the filters;
-//! - `GET export`: the attacks the filters select, whole, as NDJSON (one per line).
+//! - `GET export`: the attacks the filters select, whole, as NDJSON (one per line);
+//! - `GET inventory` and `GET inventory/openapi.json`: API discovery ([`super::apis`]).
 //!
 //! An item carries the fields of the node's JSON line (`id`, `request_id`, `ts`, `source`,
 //! `method`, `authority`, `path`, `status`, `rules`) and its classes and severity.
@@ -30,6 +31,8 @@ pub async fn route(web: &Web, rest: &str, query: &str) -> Option<Page> {
         "attacks" => list(web, query).await,
         "stats" => stats(web, query).await,
         "export" => export(web, query).await,
+        "inventory" => Ok(super::apis::api_list(web, query).await),
+        "inventory/openapi.json" => Ok(super::apis::api_openapi(web, query).await),
         _ => match rest.strip_prefix("attacks/") {
             Some(id) if !id.is_empty() && !id.contains('/') => one(web, id, query).await,
             _ => return None,

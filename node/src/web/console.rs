@@ -31,13 +31,15 @@ pre { white-space: pre-wrap; margin: 0; background: #f8f9fa; padding: 8px; borde
 mark { background: #ffe066; padding: 0 1px }
 .pager { margin-top: 10px; display: flex; gap: 16px; align-items: center }
 .muted { color: #667 }
+.badge { font-size: 12px; border-radius: 8px; padding: 0 6px; background: #e6e8eb }
+.badge.sensitive { background: #ffe3e3; color: #a00 } .badge.spec-shadow { background: #fff3bf } .badge.spec-documented { background: #d3f9d8 }
 "#;
 
 fn layout(title: &str, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8><title>{title} · oob-mirror node</title>\
          <style>{STYLE}</style></head><body>\
-         <header><b>oob-mirror node</b><a href=\"/attacks\">Attacks</a>\
+         <header><b>oob-mirror node</b><a href=\"/attacks\">Attacks</a><a href=\"/apis\">APIs</a>\
          <a href=\"/api/v1/openapi.json\">API</a><a href=\"/metrics\">Metrics</a></header>\
          <main>{body}</main></body></html>\n",
         title = esc(title)
@@ -48,7 +50,7 @@ fn ts(ns: i64) -> String {
     rfc3339(u64::try_from(ns).unwrap_or(0))
 }
 
-fn html_page(status: u16, title: &str, body: &str) -> Page {
+pub(super) fn html_page(status: u16, title: &str, body: &str) -> Page {
     page(status, HTML, layout(title, body).into_bytes())
 }
 

@@ -1,6 +1,7 @@
 //! What the node serves on `GET`:
 //!
 //! - [`console`]: the pages operators work in, `/attacks` and `/attacks/{id}`;
+//! - [`apis`]: API discovery, the page `/apis` and the inventory's API and OpenAPI export;
 //! - [`api`]: the JSON API under `/api/v1/` and its OpenAPI 3.1 document;
 //! - `/metrics` (Prometheus text) and `/healthz`.
 //!
@@ -8,6 +9,7 @@
 //! one [`query::Query`], parsed the same way for both.
 
 pub mod api;
+pub mod apis;
 pub mod console;
 pub mod query;
 
@@ -32,6 +34,8 @@ pub struct Web {
     /// `None`: the node runs without a store (the pages say so, the API answers 503).
     pub reader: Option<StoreReader>,
     pub writer: Option<Arc<StoreWriter>>,
+    /// API discovery; `None`: off (`--inventory off`, or no store).
+    pub inventory: Option<Arc<crate::inventory::Shared>>,
 }
 
 pub fn handler(web: Web) -> PageHandler {
@@ -51,6 +55,7 @@ impl Web {
             "/metrics" => Some(Page::ok(METRICS, self.metrics())),
             "/healthz" => Some(Page::ok(TEXT, "ok\n")),
             "/" | "/attacks" => Some(console::attacks(self, query).await),
+            "/apis" => Some(apis::page_apis(self, query).await),
             "/api/v1/openapi.json" => Some(Page::ok(JSON, api::OPENAPI)),
             _ => {
                 if let Some(id) = path.strip_prefix("/attacks/") {
@@ -68,6 +73,9 @@ impl Web {
         let mut out = crate::report::metrics(&self.detector.snapshot());
         if let Some(writer) = &self.writer {
             crate::store::metrics(&writer.counters(), &mut out);
+        }
+        if let Some(inventory) = &self.inventory {
+            inventory.metrics(&mut out);
         }
         out
     }
