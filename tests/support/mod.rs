@@ -17,6 +17,7 @@ pub mod pki;
 pub mod ports;
 pub mod raw_http;
 pub mod records;
+pub mod shop;
 pub mod stats;
 pub mod upstream;
 pub mod wait;

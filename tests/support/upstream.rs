@@ -10,6 +10,7 @@
 //! - `/upload-sha`: `{"len": <bytes received>, "fnv1a64": "<hex>"}`;
 //! - `/status/<code>`: that status with body `status <code>`;
 //! - `/db-error`: `500`, an HTML page leaking a MySQL error ([`DB_ERROR_PAGE`]);
+//! - `/shop/…`: the synthetic shop API of API discovery's test ([`super::shop::answer`]);
 //! - anything else: echo, `200` with a JSON [`Echo`] of the request.
 //!
 //! The echo and `/upload-sha` routes read the request body frame by frame and
@@ -252,6 +253,13 @@ async fn handle(
             return Ok(response(StatusCode::OK, "text/plain", body.boxed()));
         }
         return Ok(response(StatusCode::OK, "text/plain", full(TRAILERS_BODY)));
+    }
+    if path.starts_with("/shop/") {
+        let method = req.method().to_string();
+        let _ = req.into_body().collect().await;
+        let (status, body) = super::shop::answer(&method, &path);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(response(status, "application/json", full(body)));
     }
     if path == "/db-error" {
         let _ = req.into_body().collect().await;
