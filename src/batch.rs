@@ -2,6 +2,11 @@
 //! `max_records` or would pass `max_bytes`; at most `max_queue_bytes` wait and at most
 //! `max_inflight` batches are out at once. Past those bounds a record is refused, never
 //! blocked on and never grown into memory.
+//!
+//! With `node.shards` above 1 there is one open batch per shard, each sealed on its own size
+//! and its own `flush_ms`; the sealed batches, the byte bound and the in-flight bound are the
+//! worker's, shared by every shard, so the bounds are those of one queue. A record's shard is
+//! [`shard_of`] its exchange id: both records of an exchange travel in batches of one shard.
 
 use crate::config::BatchConfig;
 use std::collections::VecDeque;
@@ -11,6 +16,37 @@ use std::collections::VecDeque;
 pub struct Batch {
     pub body: Vec<u8>,
     pub records: u64,
+    /// The shard every record of the batch belongs to (0 when there is one).
+    pub shard: u32,
+}
+
+/// Largest `node.shards`.
+pub const MAX_SHARDS: u32 = 64;
+
+/// The shard of the exchange `id`, of `shards`: FNV-1a (64 bits) of its bytes, modulo
+/// `shards`. One shard needs no hash.
+pub fn shard_of(id: &[u8], shards: u32) -> u32 {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in id {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    u32::try_from(hash % u64::from(shards)).unwrap_or(0)
+}
+
+/// What each shard's batches are sent with, when there are several: the `:authority`
+/// `shard-N.{authority}` (a wasm call's hash key in Envoy) and the `x-oob-mirror-shard` value
+/// `N`. None for one shard, whose batches go with `authority` and no shard header, as before.
+pub fn shard_targets(authority: &str, shards: u32) -> Vec<(String, String)> {
+    if shards <= 1 {
+        return Vec::new();
+    }
+    (0..shards)
+        .map(|n| (format!("shard-{n}.{authority}"), n.to_string()))
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,9 +64,8 @@ pub struct BatchQueue {
     flush_ms: u64,
     max_inflight: u64,
     sealed: VecDeque<Batch>,
-    open: Batch,
-    /// When the oldest record of the open batch was queued, to flush it after `flush_ms`.
-    open_since_ms: u64,
+    /// One open batch per shard, at the shard's index.
+    open: Vec<Open>,
     queued_bytes: usize,
     queued_records: u64,
     inflight: u64,
@@ -39,12 +74,29 @@ pub struct BatchQueue {
     spare: Vec<Vec<u8>>,
 }
 
+#[derive(Debug, Default)]
+struct Open {
+    batch: Batch,
+    /// When the oldest record of the batch was queued, to flush it after `flush_ms`.
+    since_ms: u64,
+}
+
 fn to_usize(value: u64) -> usize {
     usize::try_from(value).unwrap_or(usize::MAX)
 }
 
 impl BatchQueue {
-    pub fn new(config: &BatchConfig) -> Self {
+    /// One open batch for each of `shards` (at least 1).
+    pub fn new(config: &BatchConfig, shards: u32) -> Self {
+        let open = (0..shards.max(1))
+            .map(|shard| Open {
+                batch: Batch {
+                    shard,
+                    ..Batch::default()
+                },
+                since_ms: 0,
+            })
+            .collect();
         BatchQueue {
             max_records: config.max_records,
             max_bytes: to_usize(config.max_bytes),
@@ -52,8 +104,7 @@ impl BatchQueue {
             flush_ms: config.flush_ms,
             max_inflight: config.max_inflight,
             sealed: VecDeque::new(),
-            open: Batch::default(),
-            open_since_ms: 0,
+            open,
             queued_bytes: 0,
             queued_records: 0,
             inflight: 0,
@@ -62,74 +113,114 @@ impl BatchQueue {
         }
     }
 
-    /// Queues one encoded record at time `now_ms`.
-    pub fn push(&mut self, record: &[u8], now_ms: u64) -> Push {
-        self.push_with(now_ms, |out| out.extend_from_slice(record))
+    /// Queues one encoded record of `shard` at time `now_ms`.
+    pub fn push(&mut self, shard: u32, record: &[u8], now_ms: u64) -> Push {
+        self.push_with(shard, now_ms, |out| out.extend_from_slice(record))
     }
 
-    /// Queues the record `encode` appends, written straight into the open batch: a record's
-    /// bytes (a 64 KiB body) are copied once fewer than through a buffer of its own.
-    pub fn push_with(&mut self, now_ms: u64, encode: impl FnOnce(&mut Vec<u8>)) -> Push {
-        if self.open.records == 0 && self.open.body.capacity() == 0 {
-            self.open.body = self.spare.pop().unwrap_or_default();
+    /// How many shards there are.
+    pub fn shards(&self) -> u32 {
+        u32::try_from(self.open.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Queues the record `encode` appends to the open batch of `shard` (taken modulo the
+    /// shards), written straight into it: a record's bytes (a 64 KiB body) are copied once
+    /// fewer than through a buffer of its own.
+    pub fn push_with(
+        &mut self,
+        shard: u32,
+        now_ms: u64,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Push {
+        let index = to_usize(u64::from(shard)) % self.open.len().max(1);
+        let Some(open) = self.open.get_mut(index) else {
+            // No open batch at all (never: `new` makes at least one): refused, and counted.
+            return Push::QueueFull;
+        };
+        let batch = &mut open.batch;
+        if batch.records == 0 && batch.body.capacity() == 0 {
+            batch.body = self.spare.pop().unwrap_or_default();
         }
-        let start = self.open.body.len();
-        encode(&mut self.open.body);
-        let len = self.open.body.len().saturating_sub(start);
+        let start = batch.body.len();
+        encode(&mut batch.body);
+        let len = batch.body.len().saturating_sub(start);
         if self.queued_bytes.saturating_add(len) > self.max_queue_bytes {
-            self.open.body.truncate(start);
+            batch.body.truncate(start);
             return Push::QueueFull;
         }
-        if self.open.records > 0 && self.open.body.len() > self.max_bytes {
+        if batch.records > 0 && batch.body.len() > self.max_bytes {
             // The record would pass the batch's budget: it starts the next batch (one copy of
             // one record per batch sealed this way).
             let mut next = self.spare.pop().unwrap_or_default();
-            next.extend_from_slice(self.open.body.get(start..).unwrap_or_default());
-            self.open.body.truncate(start);
+            next.extend_from_slice(batch.body.get(start..).unwrap_or_default());
+            batch.body.truncate(start);
             let full = std::mem::replace(
-                &mut self.open,
+                batch,
                 Batch {
                     body: next,
                     records: 0,
+                    shard: batch.shard,
                 },
             );
             self.sealed.push_back(full);
         }
-        if self.open.records == 0 {
-            self.open_since_ms = now_ms;
+        if batch.records == 0 {
+            open.since_ms = now_ms;
         }
-        self.open.records += 1;
+        batch.records += 1;
         self.queued_bytes += len;
         self.queued_records += 1;
-        if self.open.records >= self.max_records || self.open.body.len() >= self.max_bytes {
-            self.seal();
+        if batch.records >= self.max_records || batch.body.len() >= self.max_bytes {
+            self.seal(index);
         }
         Push::Queued
     }
 
-    fn seal(&mut self) {
+    fn seal(&mut self, index: usize) {
+        let Some(open) = self.open.get_mut(index) else {
+            return;
+        };
         let body = self.spare.pop().unwrap_or_default();
-        let full = std::mem::replace(&mut self.open, Batch { body, records: 0 });
+        let shard = open.batch.shard;
+        let full = std::mem::replace(
+            &mut open.batch,
+            Batch {
+                body,
+                records: 0,
+                shard,
+            },
+        );
         self.sealed.push_back(full);
     }
 
-    /// A full batch is waiting (or the open one is older than `flush_ms`) and a slot is free.
+    /// A full batch is waiting (or an open one is older than `flush_ms`) and a slot is free.
     pub fn has_ready(&self, now_ms: u64) -> bool {
-        self.inflight < self.max_inflight && (!self.sealed.is_empty() || self.open_is_due(now_ms))
+        self.inflight < self.max_inflight
+            && (!self.sealed.is_empty() || self.oldest_due(now_ms).is_some())
     }
 
-    fn open_is_due(&self, now_ms: u64) -> bool {
-        self.open.records > 0 && now_ms.saturating_sub(self.open_since_ms) >= self.flush_ms
+    /// The open batch that has waited longest, if it is due (`flush_ms` after its first
+    /// record): each shard flushes on its own timer, the oldest first.
+    fn oldest_due(&self, now_ms: u64) -> Option<usize> {
+        let mut oldest: Option<(usize, u64)> = None;
+        for (index, open) in self.open.iter().enumerate() {
+            if open.batch.records > 0 && oldest.is_none_or(|(_, since)| open.since_ms < since) {
+                oldest = Some((index, open.since_ms));
+            }
+        }
+        let (index, since) = oldest?;
+        (now_ms.saturating_sub(since) >= self.flush_ms).then_some(index)
     }
 
     /// Takes the next batch to send if one is due and an in-flight slot is free; the caller
     /// must then report its fate with `finish` (or `abandon` when dispatch failed).
     pub fn take_ready(&mut self, now_ms: u64) -> Option<Batch> {
-        if !self.has_ready(now_ms) {
+        if self.inflight >= self.max_inflight {
             return None;
         }
         if self.sealed.is_empty() {
-            self.seal();
+            let index = self.oldest_due(now_ms)?;
+            self.seal(index);
         }
         let batch = self.sealed.pop_front()?;
         self.queued_bytes = self.queued_bytes.saturating_sub(batch.body.len());
@@ -193,10 +284,10 @@ mod tests {
 
     #[test]
     fn seals_at_max_records() {
-        let mut q = BatchQueue::new(&config(2, 100, 1000));
-        assert_eq!(q.push(b"aa", 0), Push::Queued);
+        let mut q = BatchQueue::new(&config(2, 100, 1000), 1);
+        assert_eq!(q.push(0, b"aa", 0), Push::Queued);
         assert!(!q.has_ready(0));
-        q.push(b"bb", 0);
+        q.push(0, b"bb", 0);
         assert!(q.has_ready(0));
         let batch = q.take_ready(0).unwrap();
         assert_eq!(batch.body, b"aabb");
@@ -210,9 +301,9 @@ mod tests {
 
     #[test]
     fn seals_before_passing_max_bytes() {
-        let mut q = BatchQueue::new(&config(100, 5, 1000));
-        q.push(b"abc", 0);
-        q.push(b"def", 0);
+        let mut q = BatchQueue::new(&config(100, 5, 1000), 1);
+        q.push(0, b"abc", 0);
+        q.push(0, b"def", 0);
         let first = q.take_ready(0).unwrap();
         assert_eq!(first.body, b"abc");
         assert!(q.take_ready(0).is_none(), "the open batch is not due yet");
@@ -222,34 +313,34 @@ mod tests {
 
     #[test]
     fn an_oversized_record_travels_alone() {
-        let mut q = BatchQueue::new(&config(100, 4, 1000));
-        q.push(b"a", 0);
-        q.push(b"0123456789", 0);
+        let mut q = BatchQueue::new(&config(100, 4, 1000), 1);
+        q.push(0, b"a", 0);
+        q.push(0, b"0123456789", 0);
         assert_eq!(q.take_ready(0).unwrap().body, b"a");
         assert_eq!(q.take_ready(0).unwrap().body, b"0123456789");
     }
 
     #[test]
     fn open_batch_flushes_after_flush_ms() {
-        let mut q = BatchQueue::new(&config(100, 100, 1000));
-        q.push(b"a", 100);
-        q.push(b"b", 105);
+        let mut q = BatchQueue::new(&config(100, 100, 1000), 1);
+        q.push(0, b"a", 100);
+        q.push(0, b"b", 105);
         assert!(q.take_ready(109).is_none());
         assert_eq!(q.take_ready(110).unwrap().body, b"ab");
-        q.push(b"c", 200);
+        q.push(0, b"c", 200);
         assert!(q.take_ready(205).is_none(), "the clock restarts per batch");
     }
 
     #[test]
     fn refuses_past_max_queue_bytes() {
-        let mut q = BatchQueue::new(&config(100, 4, 6));
-        assert_eq!(q.push(b"abc", 0), Push::Queued);
-        assert_eq!(q.push(b"def", 0), Push::Queued);
-        assert_eq!(q.push(b"g", 0), Push::QueueFull);
+        let mut q = BatchQueue::new(&config(100, 4, 6), 1);
+        assert_eq!(q.push(0, b"abc", 0), Push::Queued);
+        assert_eq!(q.push(0, b"def", 0), Push::Queued);
+        assert_eq!(q.push(0, b"g", 0), Push::QueueFull);
         assert_eq!(q.queued_bytes(), 6);
         q.take_ready(0).unwrap();
         assert_eq!(
-            q.push(b"g", 0),
+            q.push(0, b"g", 0),
             Push::Queued,
             "room again once a batch left"
         );
@@ -257,16 +348,16 @@ mod tests {
 
     #[test]
     fn a_refused_or_moved_record_leaves_the_open_batch_as_it_was() {
-        let mut q = BatchQueue::new(&config(100, 5, 8));
+        let mut q = BatchQueue::new(&config(100, 5, 8), 1);
         assert_eq!(
-            q.push_with(0, |out| out.extend_from_slice(b"abc")),
+            q.push_with(0, 0, |out| out.extend_from_slice(b"abc")),
             Push::Queued
         );
-        let refused = q.push_with(0, |out| out.extend_from_slice(b"0123456"));
+        let refused = q.push_with(0, 0, |out| out.extend_from_slice(b"0123456"));
         assert_eq!(refused, Push::QueueFull);
         // Encoded in place past max_bytes: the record starts the next batch, whole.
         assert_eq!(
-            q.push_with(0, |out| out.extend_from_slice(b"def")),
+            q.push_with(0, 0, |out| out.extend_from_slice(b"def")),
             Push::Queued
         );
         assert_eq!(q.take_ready(0).unwrap().body, b"abc");
@@ -276,9 +367,9 @@ mod tests {
 
     #[test]
     fn respects_max_inflight() {
-        let mut q = BatchQueue::new(&config(1, 100, 1000));
+        let mut q = BatchQueue::new(&config(1, 100, 1000), 1);
         for record in [b"a", b"b", b"c"] {
-            q.push(record, 0);
+            q.push(0, record, 0);
         }
         assert!(q.take_ready(0).is_some());
         assert!(q.take_ready(0).is_some());
@@ -289,13 +380,138 @@ mod tests {
 
     #[test]
     fn buffers_are_reused() {
-        let mut q = BatchQueue::new(&config(1, 100, 1000));
-        q.push(b"a", 0);
+        let mut q = BatchQueue::new(&config(1, 100, 1000), 1);
+        q.push(0, b"a", 0);
         let batch = q.take_ready(0).unwrap();
         let capacity = batch.body.capacity();
         q.finish(1);
         q.recycle(batch.body);
-        q.push(b"b", 0);
+        q.push(0, b"b", 0);
         assert!(q.take_ready(0).unwrap().body.capacity() >= capacity);
+    }
+
+    #[test]
+    fn one_shard_needs_no_hash_and_ids_spread_over_shards() {
+        assert_eq!(shard_of(b"oob-0000000000000001-1", 1), 0);
+        assert_eq!(shard_of(b"", 16), shard_of(b"", 16));
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c.
+        assert_eq!(shard_of(b"a", 16), (0xaf63_dc4c_8601_ec8c_u64 % 16) as u32);
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            let id = format!("oob-5f0c7a8e3d1b4c5e-{i}");
+            let shard = shard_of(id.as_bytes(), 16);
+            assert_eq!(
+                shard,
+                shard_of(id.as_bytes(), 16),
+                "the same id, the same shard"
+            );
+            counts[shard as usize] += 1;
+        }
+        // 1,000 expected in each: a fair hash stays well within 15%.
+        assert!(
+            counts.iter().all(|&c| (850..=1150).contains(&c)),
+            "{counts:?}"
+        );
+        assert!((0..1000).all(|i| shard_of(format!("x{i}").as_bytes(), MAX_SHARDS) < MAX_SHARDS));
+    }
+
+    #[test]
+    fn shards_ride_in_the_authority_and_a_header() {
+        assert!(shard_targets("oob-mirror", 1).is_empty());
+        let targets = shard_targets("node.example", 3);
+        assert_eq!(
+            targets,
+            [
+                ("shard-0.node.example".to_owned(), "0".to_owned()),
+                ("shard-1.node.example".to_owned(), "1".to_owned()),
+                ("shard-2.node.example".to_owned(), "2".to_owned()),
+            ]
+        );
+        assert_eq!(shard_targets("a", MAX_SHARDS).len(), 64);
+    }
+
+    #[test]
+    fn each_shard_has_its_own_open_batch() {
+        let mut q = BatchQueue::new(&config(2, 100, 1000), 3);
+        assert_eq!(q.shards(), 3);
+        q.push(0, b"a0", 0);
+        q.push(2, b"c0", 0);
+        q.push(0, b"a1", 0);
+        let first = q.take_ready(0).unwrap();
+        assert_eq!(
+            (first.shard, first.body.as_slice(), first.records),
+            (0, &b"a0a1"[..], 2)
+        );
+        assert!(
+            q.take_ready(0).is_none(),
+            "shard 2's batch is neither full nor due"
+        );
+        q.push(2, b"c1", 0);
+        let second = q.take_ready(0).unwrap();
+        assert_eq!((second.shard, second.body.as_slice()), (2, &b"c0c1"[..]));
+        q.finish(2);
+        q.finish(2);
+        // A shard beyond the count is taken modulo it.
+        q.push(4, b"b0", 0);
+        q.push(1, b"b1", 0);
+        assert_eq!(q.take_ready(0).unwrap().body, b"b0b1");
+    }
+
+    #[test]
+    fn each_shard_flushes_on_its_own_timer_the_oldest_first() {
+        let mut q = BatchQueue::new(&config(100, 100, 1000), 16);
+        q.push(5, b"x", 100);
+        q.push(9, b"y", 104);
+        q.push(5, b"z", 106);
+        assert!(!q.has_ready(109));
+        assert!(q.take_ready(109).is_none());
+        assert!(q.has_ready(110));
+        let first = q.take_ready(110).unwrap();
+        assert_eq!((first.shard, first.body.as_slice()), (5, &b"xz"[..]));
+        assert!(q.take_ready(113).is_none(), "shard 9 started at 104");
+        let second = q.take_ready(114).unwrap();
+        assert_eq!((second.shard, second.body.as_slice()), (9, &b"y"[..]));
+        assert_eq!((q.queued_records(), q.queued_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn the_bounds_are_the_workers_whatever_the_shards() {
+        let mut q = BatchQueue::new(&config(1, 100, 6), 4);
+        assert_eq!(q.push(0, b"abc", 0), Push::Queued);
+        assert_eq!(q.push(1, b"def", 0), Push::Queued);
+        assert_eq!(
+            q.push(2, b"g", 0),
+            Push::QueueFull,
+            "one byte bound for all shards"
+        );
+        assert_eq!((q.queued_records(), q.queued_bytes()), (2, 6));
+        let mut q = BatchQueue::new(&config(1, 100, 1000), 4);
+        for shard in 0..4 {
+            q.push(shard, b"r", 0);
+        }
+        assert!(q.take_ready(0).is_some());
+        assert!(q.take_ready(0).is_some());
+        assert!(
+            q.take_ready(0).is_none(),
+            "one in-flight bound for all shards"
+        );
+        assert_eq!((q.inflight(), q.inflight_records()), (2, 2));
+        assert_eq!(q.queued_records(), 2);
+        q.finish(1);
+        assert!(q.take_ready(0).is_some());
+    }
+
+    #[test]
+    fn an_oversized_record_keeps_its_shard() {
+        let mut q = BatchQueue::new(&config(100, 4, 1000), 2);
+        q.push(1, b"a", 0);
+        q.push(1, b"0123456789", 0);
+        let first = q.take_ready(0).unwrap();
+        let second = q.take_ready(0).unwrap();
+        assert_eq!((first.shard, first.body.as_slice()), (1, &b"a"[..]));
+        assert_eq!(
+            (second.shard, second.body.as_slice()),
+            (1, &b"0123456789"[..])
+        );
     }
 }

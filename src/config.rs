@@ -2,6 +2,7 @@
 //! each value's type checked), then checked as a whole, so that a bad configuration is refused
 //! with one message naming the field.
 
+use crate::batch::MAX_SHARDS;
 use crate::json::{self, Json};
 use std::fmt;
 
@@ -142,6 +143,11 @@ pub struct NodeConfig {
     /// Added to every batch request and to every ext_proc stream's initial metadata (node
     /// authentication).
     pub headers: Vec<NodeHeader>,
+    /// Open batches per worker, by a hash of the exchange id (src/batch.rs): both records of
+    /// an exchange go in batches of one shard, and a batch of shard N (when there are more
+    /// than one) is sent with `:authority shard-N.{authority}` and `x-oob-mirror-shard: N`,
+    /// which a RING_HASH or MAGLEV node cluster routes by. 1: one batch, as before.
+    pub shards: u32,
 }
 
 /// A header for the node; its value is a secret, so `Debug` never shows it.
@@ -475,6 +481,7 @@ impl Config {
             "timeout_ms",
             "protocol",
             "headers",
+            "shards",
         ];
         let node = root
             .section("node", &known)?
@@ -502,6 +509,16 @@ impl Config {
             timeout_ms: node.number("timeout_ms", 1000)?,
             protocol,
             headers: node_headers(&node)?,
+            shards: {
+                let shards = node.number("shards", 1)?;
+                if !(1..=u64::from(MAX_SHARDS)).contains(&shards) {
+                    return Err(refuse(
+                        "node.shards",
+                        format!("must be from 1 to {MAX_SHARDS}, found {shards}"),
+                    ));
+                }
+                u32::try_from(shards).unwrap_or(1)
+            },
         };
 
         let (c, b, e) = (
@@ -770,7 +787,7 @@ impl Config {
 }
 
 /// Headers of the requests to the node that a configuration may not set.
-const RESERVED_HEADERS: [&str; 8] = [
+const RESERVED_HEADERS: [&str; 9] = [
     "host",
     "content-type",
     "content-length",
@@ -778,6 +795,7 @@ const RESERVED_HEADERS: [&str; 8] = [
     "grpc-timeout",
     "x-oob-mirror-version",
     "x-oob-mirror-records",
+    "x-oob-mirror-shard",
     "transfer-encoding",
 ];
 
@@ -1108,6 +1126,35 @@ mod tests {
     }
 
     #[test]
+    fn shards_default_to_one_and_are_bounded() {
+        let config = Config::parse(br#"{"node":{"cluster":"n"}}"#).unwrap();
+        assert_eq!(config.node.shards, 1);
+        for shards in [1, 16, 64] {
+            let text = format!(r#"{{"node":{{"cluster":"n","shards":{shards}}}}}"#);
+            assert_eq!(Config::parse(text.as_bytes()).unwrap().node.shards, shards);
+        }
+        for value in ["0", "65", "-1", "1.5", "\"16\"", "18446744073709551616"] {
+            let text = format!(r#"{{"node":{{"cluster":"n","shards":{value}}}}}"#);
+            assert_eq!(field_of(&text), "node.shards", "{text}");
+        }
+        let err = Config::parse(br#"{"node":{"cluster":"n","shards":65}}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "node.shards: must be from 1 to 64, found 65"
+        );
+        assert_eq!(
+            field_of(r#"{"node":{"cluster":"n","shard":2}}"#),
+            "node.shard"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"node":{"cluster":"n","headers":[{"name":"x-oob-mirror-shard","value":"1"}]}}"#
+            ),
+            "node.headers[0].name"
+        );
+    }
+
+    #[test]
     fn message_reads_as_one_line() {
         let err = Config::parse(br#"{"node":{"cluster":" "}}"#).unwrap_err();
         assert_eq!(err.to_string(), "node.cluster: must not be empty");
@@ -1178,7 +1225,7 @@ mod tests {
         let err = Config::parse(br#"{"node":{"clustr":"n"}}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "node.clustr: unknown field `clustr`, expected one of `cluster`, `authority`, `path`, `timeout_ms`, `protocol`, `headers`"
+            "node.clustr: unknown field `clustr`, expected one of `cluster`, `authority`, `path`, `timeout_ms`, `protocol`, `headers`, `shards`"
         );
         // Brackets inside strings are text, not arrays.
         let config = Config::parse(br#"{"node":{"cluster":"outbound|9090||[x]\"]"}}"#).unwrap();

@@ -4,7 +4,7 @@
 
 use crate::accounting::{BatchFailure, Counters, Gauges};
 use crate::backoff::{Backoff, Permit};
-use crate::batch::{Batch, BatchQueue, Push};
+use crate::batch::{shard_of, Batch, BatchQueue, Push};
 use crate::body::BodyCapture;
 use crate::config::Config;
 use crate::encode::{encode_request_marked, encode_response_marked};
@@ -81,7 +81,7 @@ impl Shipper {
     pub fn new(config: &Config, redactor: Option<Redactor>) -> Self {
         Shipper {
             timeout_ms: config.node.timeout_ms,
-            queue: BatchQueue::new(&config.batch),
+            queue: BatchQueue::new(&config.batch, config.node.shards),
             backoff: Backoff::default(),
             counters: Counters::default(),
             inflight: HashMap::new(),
@@ -105,9 +105,10 @@ impl Shipper {
                 span,
             }));
         }
-        let push = self
-            .queue
-            .push_with(now_ms, |out| encode_request_marked(record, &marks, out));
+        let shard = shard_of(record.id.as_bytes(), self.queue.shards());
+        let push = self.queue.push_with(shard, now_ms, |out| {
+            encode_request_marked(record, &marks, out)
+        });
         self.admit(&record.body, push);
     }
 
@@ -116,9 +117,11 @@ impl Shipper {
         if let Some(r) = &self.redactor {
             marks = r.record(&mut record.headers, &mut record.trailers, &mut record.body);
         }
-        let push = self
-            .queue
-            .push_with(now_ms, |out| encode_response_marked(record, &marks, out));
+        // The request's shard: the two records of an exchange share their id.
+        let shard = shard_of(record.id.as_bytes(), self.queue.shards());
+        let push = self.queue.push_with(shard, now_ms, |out| {
+            encode_response_marked(record, &marks, out)
+        });
         self.admit(&record.body, push);
     }
 
@@ -413,5 +416,119 @@ mod tests {
         s.capture_request(&mut r, 0);
         assert_eq!(s.counters().bodies_truncated, 2);
         assert_eq!(s.counters().bodies_truncated_budget, 1);
+    }
+
+    fn response(id: &str) -> ResponseRecord {
+        ResponseRecord {
+            id: id.into(),
+            complete: true,
+            ..ResponseRecord::default()
+        }
+    }
+
+    /// The ids of the records in a batch body, in order (every record's `id` string: the
+    /// encoder writes the key `id` then the value, a fixstr).
+    fn ids_in(body: &[u8]) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut rest = body;
+        while let Ok(value) = rmpv::decode::read_value(&mut rest) {
+            let id = value
+                .as_map()
+                .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("id")))
+                .and_then(|(_, v)| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            ids.push(id);
+        }
+        ids
+    }
+
+    #[test]
+    fn sharded_pairs_travel_together_and_the_accounting_stays_exact() {
+        let mut config = config(8);
+        config.node.shards = 16;
+        config.batch.max_inflight = 4;
+        let mut s = Shipper::new(&config, None);
+        let ids: Vec<String> = (0..200)
+            .map(|i| format!("oob-00000000000000ab-{i}"))
+            .collect();
+        let mut shard_of_id = std::collections::HashMap::new();
+        let mut token = 0;
+        let mut now = 0;
+        for (i, id) in ids.iter().enumerate() {
+            s.capture_request(&mut request(id), now);
+            if i % 3 == 0 {
+                now += 1;
+            }
+            s.capture_response(&mut response(id), now);
+            assert_balanced(&s);
+            while let Some(batch) = s.next_batch(now) {
+                for record_id in ids_in(&batch.body) {
+                    let shard = *shard_of_id.entry(record_id).or_insert(batch.shard);
+                    assert_eq!(shard, batch.shard, "both records of an exchange, one shard");
+                }
+                token += 1;
+                // Every fifth batch fails: its records are dropped, and counted.
+                let reply = if token % 5 == 0 {
+                    Reply::Status(503)
+                } else {
+                    Reply::Status(204)
+                };
+                s.dispatched(token, batch, now);
+                assert_balanced(&s);
+                s.reply(token, reply, now);
+                assert_balanced(&s);
+            }
+        }
+        // The timer flushes what is left, shard by shard.
+        now += 10;
+        while let Some(batch) = s.next_batch(now) {
+            token += 1;
+            for record_id in ids_in(&batch.body) {
+                let shard = *shard_of_id.entry(record_id).or_insert(batch.shard);
+                assert_eq!(shard, batch.shard);
+            }
+            s.dispatched(token, batch, now);
+            s.reply(token, Reply::Status(204), now);
+        }
+        assert_balanced(&s);
+        assert_eq!(
+            s.gauges(),
+            Gauges::default(),
+            "nothing left queued or in flight"
+        );
+        let c = *s.counters();
+        assert_eq!(c.records_captured, 400);
+        assert_eq!(c.records_sent + c.records_dropped_node_failure, 400);
+        assert!(c.batches_failed_status > 0 && c.records_dropped_node_failure > 0);
+        assert_eq!(shard_of_id.len(), 200, "every exchange reached a batch");
+        let used: std::collections::HashSet<u32> = shard_of_id.values().copied().collect();
+        assert_eq!(used.len(), 16, "200 exchanges use all 16 shards");
+    }
+
+    #[test]
+    fn sharded_queue_full_drops_are_counted_once() {
+        let mut config = config(1000);
+        config.node.shards = 4;
+        config.batch.max_bytes = 4096;
+        config.batch.max_queue_bytes = 4096;
+        let mut s = Shipper::new(&config, None);
+        let mut captured = 0;
+        for i in 0..40 {
+            let mut big = request(&format!("id-{i}"));
+            big.body = BodyCapture::new(500);
+            big.body.add(500, &[b'x'; 500]);
+            s.capture_request(&mut big, 0);
+            captured += 1;
+            assert_balanced(&s);
+        }
+        let c = *s.counters();
+        assert_eq!(c.records_captured, captured);
+        assert!(c.records_dropped_queue_full > 0);
+        assert_eq!(
+            c.records_dropped_queue_full + s.gauges().queued_records,
+            captured
+        );
+        assert!(s.queue_fill().0 <= 4096);
     }
 }

@@ -8,6 +8,7 @@ use super::metrics::Metrics;
 use super::stream::MirrorStream;
 use super::worker::{SharedWorker, Worker};
 use crate::accounting::Gauges;
+use crate::batch::shard_targets;
 use crate::config::{valid_header_value, Config, ConfigError, HeaderValue, NodeHeader, Protocol};
 use crate::extproc::encode::grpc_service;
 use crate::failure_log::{Level, Reason};
@@ -36,6 +37,10 @@ pub struct MirrorRoot {
     protocol: Protocol,
     /// `node.headers` with their values resolved (secrets: never logged).
     node_headers: Vec<(String, String)>,
+    /// Per shard when `node.shards` is above 1: its batches' `:authority`
+    /// (`shard-N.{node.authority}`) and its `x-oob-mirror-shard` value. Empty with one shard,
+    /// whose batches go as they always did.
+    shard_targets: Vec<(String, String)>,
 }
 
 impl MirrorRoot {
@@ -54,14 +59,23 @@ impl MirrorRoot {
                 break;
             };
             let records = batch.records.to_string();
+            // Envoy hashes a wasm call on its `:authority` (a RING_HASH or MAGLEV node
+            // cluster then keeps each shard on one replica): the shard rides in it.
+            let shard = usize::try_from(batch.shard)
+                .ok()
+                .and_then(|i| self.shard_targets.get(i));
+            let authority = shard.map_or(node.authority.as_str(), |(a, _)| a.as_str());
             let mut headers = vec![
                 (":method", "POST"),
                 (":path", node.path.as_str()),
-                (":authority", node.authority.as_str()),
+                (":authority", authority),
                 ("content-type", "application/msgpack"),
                 ("x-oob-mirror-version", "1"),
                 ("x-oob-mirror-records", records.as_str()),
             ];
+            if let Some((_, number)) = shard {
+                headers.push(("x-oob-mirror-shard", number.as_str()));
+            }
             headers.extend(
                 self.node_headers
                     .iter()
@@ -218,8 +232,19 @@ impl RootContext for MirrorRoot {
                 return false;
             }
         };
+        self.shard_targets = shard_targets(&config.node.authority, config.node.shards);
         // One line per worker that says where records go, for whoever reads Envoy's log.
         match config.node.protocol {
+            Protocol::Batch if config.node.shards > 1 => log::info!(
+                "oob-mirror: mirroring to cluster {} (POST {}, {} shards: authority \
+                 shard-0.{} to shard-{}.{})",
+                config.node.cluster,
+                config.node.path,
+                config.node.shards,
+                config.node.authority,
+                config.node.shards - 1,
+                config.node.authority
+            ),
             Protocol::Batch => log::info!(
                 "oob-mirror: mirroring to cluster {} (POST {}, authority {})",
                 config.node.cluster,

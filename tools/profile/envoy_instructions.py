@@ -227,9 +227,17 @@ def main():
     parser.add_argument("--empty-module", required=True)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--shards", type=int, default=1, help="the filter's node.shards")
+    parser.add_argument("--only-filter", action="store_true",
+                        help="measure oob-mirror alone (no baseline cases)")
     args = parser.parse_args()
+    if args.shards != 1:
+        PLUGIN_CONFIG["node"]["shards"] = args.shards
+    print(f"  plugin configuration: {json.dumps(PLUGIN_CONFIG)}", flush=True)
     cases = [("no filter", None), ("empty Proxy-Wasm filter", os.path.abspath(args.empty_module)),
              ("oob-mirror", os.path.abspath(args.module))]
+    if args.only_filter:
+        cases = cases[-1:]
     payloads = [("GET", b""), ("POST 1 KiB", b"x" * 1024)]
     results = {}
     with tempfile.TemporaryDirectory(prefix="oob-mirror-profile-") as workdir:
@@ -245,7 +253,9 @@ def main():
         cells = []
         for payload, _ in payloads:
             value = results[(case, payload)]
-            cells.append(f"{value / 1000:.1f} | {results[('no filter', payload)] / value:.2f}×")
+            base = results.get(("no filter", payload))
+            ratio = f"{base / value:.2f}×" if base else "-"
+            cells.append(f"{value / 1000:.1f} | {ratio}")
         print(f"| {case} | " + " | ".join(cells) + " |")
 
 

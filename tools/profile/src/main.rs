@@ -85,7 +85,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let exchanges: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let body_bytes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
-    let Ok(config) = Config::parse(br#"{"node":{"cluster":"node"}}"#) else {
+    // PROFILE_SHARDS: the filter's node.shards (make profile PROFILE_SHARDS=16).
+    let shards = std::env::var("PROFILE_SHARDS").unwrap_or_else(|_| "1".to_owned());
+    let text = format!(r#"{{"node":{{"cluster":"node","shards":{shards}}}}}"#);
+    let Ok(config) = Config::parse(text.as_bytes()) else {
         eprintln!("capture-profile: the built-in configuration was refused");
         std::process::exit(1);
     };
