@@ -15,7 +15,9 @@ node of (e) and (f) is tools/extproc-sink.
 
 The node part measures the analysis node itself (`oob-mirror-node --detect`,
 OWASP CRS): exchanges analysed per second, and per core of CPU it used, for
-four traffic mixes posted by `node-bench` as the filter posts batches.
+four traffic mixes posted by `node-bench` as the filter posts batches, each with
+the store off, with the default SQLite store and with a throwaway PostgreSQL
+(when its server binaries are installed), and the ratios between them.
 
 Environment: ENVOY_BIN (default .venv/bin/envoy; `make bench` passes its own),
 OOB_MIRROR_WASM (default dist/oob_mirror.wasm), EXTPROC_SINK, NGINX_BIN.
@@ -39,6 +41,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -118,7 +121,7 @@ def pinned(argv, cpus):
 class Proc:
     """A child process logging to a file; stop() kills and reaps it."""
 
-    def __init__(self, name, argv, stdout=None, cpus=PEERS_CPU):
+    def __init__(self, name, argv, stdout=None, cpus=PEERS_CPU, env=None):
         argv = pinned(argv, cpus)
         self.name = name
         self.log_path = WORK / f"{name}.log"
@@ -128,6 +131,7 @@ class Proc:
             stdin=subprocess.DEVNULL,
             stdout=stdout if stdout is not None else self._log,
             stderr=self._log,
+            env=env,
         )
         RUNNING.append(self)
 
@@ -676,48 +680,283 @@ def node_metrics(port):
     return values
 
 
+# --- the node's store: none, SQLite, PostgreSQL ---------------------------------
+
+PG_USER, PG_DATABASE, PG_PASSWORD = "oob", "oob", "bench-only-Pa55word"
+
+
+def pg_bindir():
+    """initdb and postgres: $OOB_MIRROR_PG_BINDIR, `pg_config --bindir`, else the newest
+    /usr/lib/postgresql/*/bin (the order of node/tests/support/pg.rs); None: not installed."""
+    def has_server(d):
+        return (d / "initdb").is_file() and (d / "postgres").is_file()
+    if os.environ.get("OOB_MIRROR_PG_BINDIR"):
+        d = Path(os.environ["OOB_MIRROR_PG_BINDIR"])
+        return d if has_server(d) else None
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        d = Path(out.stdout.strip())
+        if out.returncode == 0 and has_server(d):
+            return d
+    found = sorted((int(d.name), d / "bin") for d in Path("/usr/lib/postgresql").glob("*")
+                   if d.name.isdigit() and has_server(d / "bin"))
+    return found[-1][1] if found else None
+
+
+class PgServer:
+    """A throwaway PostgreSQL server, as node/tests/support/pg.rs starts one: initdb in a
+    temp dir, `postgres` on a free loopback port (as the `postgres` OS user when we are
+    root, which PostgreSQL requires), ready when pg_isready says so. Its settings are
+    PostgreSQL's defaults (fsync on), unlike the tests' fsync=off. One database per run."""
+
+    def __init__(self, bindir):
+        self.bindir = bindir
+        self.as_postgres = os.geteuid() == 0
+        self.root = Path(tempfile.mkdtemp(prefix="oob-mirror-bench-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.proc = None
+        self.databases = 0
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self):
+        bindir = self.bindir
+        if self.as_postgres:
+            self._run(["chown", "-R", "postgres:postgres", self.root], as_pg=False)
+        pwfile = self.root / "superuser.pw"
+        pwfile.write_text("unused\n")
+        if self.as_postgres:
+            self._run(["chown", "postgres:postgres", pwfile], as_pg=False)
+        self._run([bindir / "initdb", "-D", self.data, "-U", "postgres", "-E", "UTF8",
+                   "--locale=C", "--no-sync", "--auth-local=trust",
+                   "--auth-host=scram-sha-256", f"--pwfile={pwfile}"])
+        self.proc = Proc("postgres", self._argv(
+            [bindir / "postgres", "-D", self.data, "-p", self.port, "-k", self.root,
+             "-c", "listen_addresses=127.0.0.1"]), cpus=None)
+        ready = [str(a) for a in self._argv([bindir / "pg_isready", "-h", self.root,
+                                             "-p", self.port, "-t", "1", "-q"])]
+        wait_until("PostgreSQL ready", lambda: subprocess.run(
+            ready, stdin=subprocess.DEVNULL).returncode == 0, READY_TIMEOUT_S, self.proc)
+        self.psql(f"CREATE USER {PG_USER} PASSWORD '{PG_PASSWORD}'")
+
+    def _argv(self, argv):
+        if self.as_postgres:
+            return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--",
+                    *argv]
+        return list(argv)
+
+    def _run(self, argv, as_pg=True):
+        argv = [str(a) for a in (self._argv(argv) if as_pg else argv)]
+        out = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if out.returncode != 0:
+            raise BenchError(f"{' '.join(argv)} failed ({out.returncode}):\n"
+                             f"{out.stdout}{out.stderr}")
+
+    def psql(self, sql):
+        self._run([self.bindir / "psql", "-h", self.root, "-p", self.port, "-U", "postgres",
+                   "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-X", "-q", "-c", sql])
+
+    def new_database(self):
+        """A fresh database owned by the node's user; its URL (the password apart)."""
+        self.databases += 1
+        name = f"{PG_DATABASE}{self.databases}"
+        self.psql(f"CREATE DATABASE {name} OWNER {PG_USER}")
+        return f"postgres://{PG_USER}@127.0.0.1:{self.port}/{name}"
+
+    def cpu_ticks(self):
+        """The server's CPU so far: the postmaster and its children (backends, WAL writer,
+        checkpointer...) alive now."""
+        if self.proc is None or not self.proc.alive():
+            return 0
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            if int(stat.parent.name) == self.proc.pid or int(fields[1]) == self.proc.pid:
+                total += int(fields[11]) + int(fields[12])
+        return total
+
+    def stop(self):
+        if self.proc is not None:
+            if self.proc.alive():
+                self.proc.popen.send_signal(signal.SIGINT)  # fast shutdown
+            self.proc.stop()
+            self.proc = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+STORE_NAMES = {"none": "off (`--store none`)", "sqlite": "SQLite (default)",
+               "postgres": "PostgreSQL"}
+STORE_COUNTERS = ("store_written_total", "store_dropped_queue_full_total", "store_failed_total")
+
+
+def node_run(args, mix, label, store, pg, threads):
+    """One node, one mix, one store: the node started fresh (its store empty), loaded by
+    node-bench for the measured seconds; the clock and the CPU count run until the node's
+    queue is drained and, with a store, every attack is written (or counted as dropped or
+    failed)."""
+    port = free_port()
+    argv = [SINK, "--detect", "--listen", f"127.0.0.1:{port}", "--threads", threads]
+    env, data_dir = None, None
+    if store == "none":
+        argv += ["--store", "none"]
+    elif store == "sqlite":
+        data_dir = Path(tempfile.mkdtemp(prefix=f"node-{mix}-", dir=WORK))
+        argv += ["--data-dir", data_dir]  # the default store: <data-dir>/attacks.sqlite
+    else:
+        argv += ["--store", pg.new_database()]
+        env = {**os.environ, "OOB_MIRROR_NODE_STORE_PASSWORD": PG_PASSWORD}
+    sink = Proc(f"node-{mix}-{store}", argv, stdout=subprocess.DEVNULL, cpus=None, env=env)
+    wait_until("node listening", lambda: "listening on" in sink.log_path.read_text(),
+               READY_TIMEOUT_S, sink)
+    ticks0, t0 = cpu_ticks(sink.pid), time.monotonic()
+    pg_ticks0 = pg.cpu_ticks() if store == "postgres" else 0
+    load = subprocess.run([NODE_BENCH, "--node", f"127.0.0.1:{port}", "--mix", mix,
+                           "--seconds", str(args.seconds), "--connections", "4"],
+                          capture_output=True, text=True)
+    if load.returncode != 0:
+        sink.fail(f"node-bench failed: {load.stderr.strip()}")
+    sent = json.loads(load.stdout.strip().splitlines()[-1])
+
+    def analysed():
+        m = node_metrics(port)
+        return m if m["exchanges_analysed_total"] >= sent["exchanges"] else None
+
+    def stored():
+        m = node_metrics(port)
+        if m["exchanges_analysed_total"] < sent["exchanges"]:
+            return None
+        if store == "none":
+            return m
+        done = sum(m.get(k, 0) for k in STORE_COUNTERS)
+        return m if done >= m["exchanges_with_attacks_total"] \
+            and m.get("store_queued", 0) == 0 else None
+
+    wait_until("analysis drained", analysed, 120, sink)
+    t_analysed = time.monotonic()
+    drained = wait_until("every attack written", stored, 120, sink)
+    wall = time.monotonic() - t0
+    cpu_s = (cpu_ticks(sink.pid) - ticks0) / CLOCK_TICKS
+    pg_cpu_s = (pg.cpu_ticks() - pg_ticks0) / CLOCK_TICKS if store == "postgres" else None
+    sink.stop()
+    store_bytes = None
+    if data_dir is not None:
+        store_bytes = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file())
+        shutil.rmtree(data_dir, ignore_errors=True)
+    n = drained["exchanges_analysed_total"]
+    row = {"mix": mix, "mix_name": label, "store": store, "threads": threads, "seconds": wall,
+           "store_lag_s": time.monotonic() - t_analysed if store != "none" else 0.0,
+           "analysed": n, "attacks": drained["exchanges_with_attacks_total"],
+           "refused_503": sent["refused_503"], "cpu_s": cpu_s,
+           "per_s": n / wall, "per_core_s": n / cpu_s if cpu_s else 0,
+           "cpu_us": cpu_s * 1e6 / n if n else 0}
+    if store != "none":
+        row.update({k: drained.get(k, 0) for k in STORE_COUNTERS})
+        row["store_bytes"] = store_bytes
+        row["db_cpu_s"] = pg_cpu_s
+    want_attacks = n if mix == "attacks" else 0
+    accounted = store == "none" or (
+        sum(row[k] for k in STORE_COUNTERS) == row["attacks"]
+        and row["store_failed_total"] == 0)
+    row["sane"] = n == sent["exchanges"] and row["attacks"] == want_attacks and accounted
+    return row
+
+
 def node(args):
-    """The analysis node alone: one node per mix, analysis threads = cores, loaded by
-    node-bench (4 connections) for the measured seconds; the rate counts until the
-    node's queue is drained, the per-core figure divides by the CPU time it used."""
+    """The analysis node alone: one node per mix and store, analysis threads = cores,
+    loaded by node-bench (4 connections) for the measured seconds; the rate counts until
+    the node's queue is drained (and its store written), the per-core figure divides by
+    the CPU time it used. Every mix runs with each store in turn, then again in the
+    reverse order (--node-rounds), so a drift of the machine's load hits both sides."""
     rows = []
     threads = os.cpu_count() or 1
-    for mix, label in NODE_MIXES:
-        port = free_port()
-        sink = Proc(f"node-{mix}", [SINK, "--detect", "--listen", f"127.0.0.1:{port}",
-                                    "--threads", threads], stdout=subprocess.DEVNULL, cpus=None)
-        wait_until("node listening", lambda: "listening on" in sink.log_path.read_text(),
-                   READY_TIMEOUT_S, sink)
-        ticks0, t0 = cpu_ticks(sink.pid), time.monotonic()
-        load = subprocess.run([NODE_BENCH, "--node", f"127.0.0.1:{port}", "--mix", mix,
-                               "--seconds", str(args.seconds), "--connections", "4"],
-                              capture_output=True, text=True)
-        if load.returncode != 0:
-            sink.fail(f"node-bench failed: {load.stderr.strip()}")
-        sent = json.loads(load.stdout.strip().splitlines()[-1])
-        drained = wait_until(
-            "analysis drained",
-            lambda: (lambda m: m if m["exchanges_analysed_total"] >= sent["exchanges"] else None)(
-                node_metrics(port)),
-            120, sink)
-        wall = time.monotonic() - t0
-        cpu_s = (cpu_ticks(sink.pid) - ticks0) / CLOCK_TICKS
-        sink.stop()
-        analysed = drained["exchanges_analysed_total"]
-        row = {"mix": mix, "mix_name": label, "threads": threads, "seconds": wall,
-               "analysed": analysed, "attacks": drained["exchanges_with_attacks_total"],
-               "refused_503": sent["refused_503"], "cpu_s": cpu_s,
-               "per_s": analysed / wall, "per_core_s": analysed / cpu_s if cpu_s else 0,
-               "cpu_us": cpu_s * 1e6 / analysed if analysed else 0}
-        want_attacks = analysed if mix == "attacks" else 0
-        row["sane"] = analysed == sent["exchanges"] and row["attacks"] == want_attacks
-        rows.append(row)
-        print(f"node: {label:<58} {row['per_s']:7.0f} exchanges/s  "
-              f"{row['per_core_s']:6.0f} per core-second  {row['cpu_us']:7.0f} CPU µs each  "
-              f"({analysed:.0f} analysed, {row['attacks']:.0f} attacks, "
-              f"{row['refused_503']} batches answered 503)"
-              + ("" if row["sane"] else "  — CHECK: counts do not add up"), flush=True)
+    stores = list(args.node_stores)
+    pg = None
+    if "postgres" in stores:
+        bindir = pg_bindir()
+        if bindir is None:
+            print("node: PostgreSQL's server binaries not found (`make setup` installs them): "
+                  "no PostgreSQL rows", flush=True)
+            stores.remove("postgres")
+        else:
+            pg = PgServer(bindir)
+    try:
+        for mix, label in NODE_MIXES:
+            for rnd in range(args.node_rounds):
+                order = stores if rnd % 2 == 0 else stores[::-1]
+                for store in order:
+                    row = node_run(args, mix, label, store, pg, threads)
+                    row["round"] = rnd + 1
+                    rows.append(row)
+                    written = ""
+                    if store != "none":
+                        written = (f", store: {row['store_written_total']:.0f} written, "
+                                   f"{row['store_dropped_queue_full_total']:.0f} dropped, "
+                                   f"{row['store_failed_total']:.0f} failed, "
+                                   f"{row['store_lag_s']:.2f} s after analysis")
+                    print(f"node: {label:<58} store {store:<8} round {rnd + 1} "
+                          f"{row['per_s']:7.0f} exchanges/s  "
+                          f"{row['per_core_s']:6.0f} per core-second  "
+                          f"{row['cpu_us']:7.0f} CPU µs each  "
+                          f"({row['analysed']:.0f} analysed, {row['attacks']:.0f} attacks, "
+                          f"{row['refused_503']} batches answered 503{written})"
+                          + ("" if row["sane"] else "  — CHECK: counts do not add up"),
+                          flush=True)
+    finally:
+        if pg is not None:
+            pg.stop()
     return rows
+
+
+def node_summary(rows):
+    """Per mix and store: the rounds' sums (rates over all rounds) and, per round, the
+    ratio to the store-off run of the same round."""
+    out = []
+    mixes = list(dict.fromkeys(r["mix"] for r in rows))
+    for mix in mixes:
+        mine = [r for r in rows if r["mix"] == mix]
+        off = {r.get("round", 1): r for r in mine if r.get("store", "none") == "none"}
+        for store in dict.fromkeys(r.get("store", "none") for r in mine):
+            rs = [r for r in mine if r.get("store", "none") == store]
+            n = sum(r["analysed"] for r in rs)
+            wall = sum(r["seconds"] for r in rs)
+            cpu = sum(r["cpu_s"] for r in rs)
+            s = {"mix": mix, "mix_name": rs[0]["mix_name"], "store": store, "rounds": len(rs),
+                 "per_s": n / wall if wall else 0, "per_core_s": n / cpu if cpu else 0,
+                 "cpu_us": cpu * 1e6 / n if n else 0, "analysed": n,
+                 "attacks": sum(r["attacks"] for r in rs),
+                 "refused_503": sum(r["refused_503"] for r in rs),
+                 "sane": all(r["sane"] for r in rs),
+                 "ratio_per_s": [r["per_s"] / off[r.get("round", 1)]["per_s"]
+                                 for r in rs if off.get(r.get("round", 1))],
+                 "ratio_per_core_s": [r["per_core_s"] / off[r.get("round", 1)]["per_core_s"]
+                                      for r in rs if off.get(r.get("round", 1))
+                                      and off[r.get("round", 1)]["per_core_s"]]}
+            for k in STORE_COUNTERS:
+                s[k] = sum(r.get(k, 0) for r in rs) if store != "none" else None
+            lags = [r.get("store_lag_s", 0) for r in rs]
+            s["store_lag_max_s"] = max(lags) if lags else 0
+            dbs = [r["db_cpu_s"] for r in rs if r.get("db_cpu_s") is not None]
+            s["db_cpu_us"] = sum(dbs) * 1e6 / n if dbs and n else None
+            out.append(s)
+    return out
+
+
+def ratio_text(values):
+    """`0.97` for one round, `0.97 (0.95–0.99)` for several: their mean and range."""
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
 def memory(ctx):
@@ -864,21 +1103,47 @@ def render_markdown(results):
         out.append("")
     nd = results.get("node")
     if nd:
+        rounds = max((r.get("round", 1) for r in nd["rows"]), default=1)
         out += ["## Analysis node (OWASP CRS)", "", when(nd), "",
                 "`oob-mirror-node --detect` alone, OWASP CRS 3.3 at paranoia 1 through "
-                "libmodsecurity 3, analysis threads = cores, loaded by `node` "
+                "libmodsecurity 3, analysis threads = cores, loaded by "
                 "`node-bench` (4 keep-alive connections posting batches of 32 exchanges, "
-                "request and response records, as the filter does) for the measured seconds. "
-                "exchanges/s: analysed, until the queue drained; per core: analysed per "
-                "second of the node's CPU time (utime+stime); 503: batches refused while "
-                "analysis was behind (the filter backs off and counts them).", "",
-                "| traffic | exchanges/s | per core | CPU µs per exchange | analysed | "
-                "with attacks | 503 |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for r in nd["rows"]:
-            out.append(f"| {r['mix_name']} | {r['per_s']:.0f} | {r['per_core_s']:.0f} | "
-                       f"{r['cpu_us']:.0f} | {r['analysed']:.0f} | {r['attacks']:.0f} | "
-                       f"{r['refused_503']} |" + ("" if r["sane"] else " CHECK"))
+                "request and response records, as the filter does) for the measured seconds, "
+                "a fresh node (and an empty store) for each run. Each traffic mix runs with the "
+                "store off (`--store none`), with the default SQLite store (`--data-dir` in a "
+                "temp directory: `<data-dir>/attacks.sqlite`, WAL, `synchronous=NORMAL`) and, "
+                "when its server binaries are installed, with PostgreSQL (a throwaway local "
+                "server at PostgreSQL's default settings, fsync on, one new database per run), "
+                f"{rounds} round(s), the order of the stores reversed every other round. "
+                "exchanges/s: analysed, until the queue drained and, with a store, every "
+                "attack was written (or counted as dropped or failed); per core: analysed per "
+                "second of the node's CPU time (utime+stime, the node's process only; "
+                "PostgreSQL's own CPU is apart, in DB µs); × off: the ratio to the store-off "
+                "run of the same round, mean (and range) over the rounds; written, dropped "
+                "(the store's queue full), failed: the node's "
+                "`oob_mirror_node_store_{written,dropped_queue_full,failed}_total` at the end; "
+                "503: batches refused while analysis was behind (the filter backs off and "
+                "counts them). Figures over all rounds.", "",
+                "| traffic | store | exchanges/s | × off | per core | × off | "
+                "CPU µs per exchange | DB µs | analysed | with attacks | written | dropped | "
+                "failed | 503 |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+                "---: | ---: | ---: |"]
+
+        def n(v):
+            return "–" if v is None else f"{v:.0f}"
+        for r in node_summary(nd["rows"]):
+            store = r["store"]
+            off = store == "none"
+            out.append(f"| {r['mix_name']} | {STORE_NAMES.get(store, store)} | "
+                       f"{r['per_s']:.0f} | {'1' if off else ratio_text(r['ratio_per_s'])} | "
+                       f"{r['per_core_s']:.0f} | "
+                       f"{'1' if off else ratio_text(r['ratio_per_core_s'])} | "
+                       f"{r['cpu_us']:.0f} | {n(r['db_cpu_us'])} | {r['analysed']:.0f} | "
+                       f"{r['attacks']:.0f} | {n(r['store_written_total'])} | "
+                       f"{n(r['store_dropped_queue_full_total'])} | "
+                       f"{n(r['store_failed_total'])} | {r['refused_503']} |"
+                       + ("" if r["sane"] else " CHECK"))
         out.append("")
     mem = results.get("memory")
     if mem:
@@ -922,12 +1187,20 @@ def parse_args():
     p.add_argument("--cases", default="abcdefg", help="subset of abcdefg")
     p.add_argument("--payloads", default="get,1k,64k", help="subset of get,1k,64k")
     p.add_argument("--node", default="up,down", help="subset of up,down")
+    p.add_argument("--node-stores", default="none,sqlite,postgres",
+                   help="the node part's stores, subset of none,sqlite,postgres (postgres is "
+                        "skipped when PostgreSQL's server binaries are missing)")
+    p.add_argument("--node-rounds", type=int, default=2,
+                   help="the node part: runs of each mix and store, in alternating order")
     p.add_argument("--only", choices=["throughput", "slow-node", "memory", "node"],
                    help="run one part; the others are kept from bench/results.json")
     p.add_argument("--out", default=str(OUT_DIR), help="where results.{md,json} go")
     args = p.parse_args()
     args.payloads = args.payloads.split(",")
     args.node = args.node.split(",")
+    args.node_stores = args.node_stores.split(",")
+    if not set(args.node_stores) <= set(STORE_NAMES) or args.node_rounds < 1:
+        p.error("unknown node store, or --node-rounds below 1")
     if not set(args.cases) <= set("abcdefg") or not set(args.payloads) <= {"get", "1k", "64k"} \
             or not set(args.node) <= {"up", "down"}:
         p.error("unknown case, payload or node state")
