@@ -1603,6 +1603,14 @@ fn inventory_moves_and_filters(db: &Db) {
         .map(|(f, n)| (f.name.clone(), *n))
         .collect();
     assert_eq!(statuses, [("200".to_owned(), 4), ("404".into(), 1)]);
+    // The four literals stored before the collapse had the slug too.
+    let params: Vec<(String, String, u64)> = posts
+        .facts
+        .iter()
+        .filter(|(f, _)| f.kind == "param")
+        .map(|(f, n)| (f.name.clone(), f.ty.clone(), *n))
+        .collect();
+    assert_eq!(params, [("post_slug".to_owned(), "slug".into(), 5)]);
     let filtered = |f: InventoryFilter| -> Vec<String> {
         let mut s = db.open();
         s.inventory(&f)

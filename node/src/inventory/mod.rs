@@ -164,6 +164,9 @@ pub struct Move {
     pub method: String,
     pub from: String,
     pub to: String,
+    /// Parameters (name, kind) `to` has where `from` had a literal: `from`'s count is added to
+    /// them, so a parameter's count does not depend on when the collapse happened.
+    pub params: Vec<(String, String)>,
 }
 
 /// What was not learned, per host (`*` for the hosts cut) and reason.
@@ -305,6 +308,16 @@ impl Inventory {
         let fanout = routed.fanout;
         let mut lost_moves = 0u64;
         for m in &routed.moved {
+            let params: Vec<Fact> = m
+                .new_params
+                .iter()
+                .map(|(name, kind)| Fact::new(PARAM, "", name, kind.as_str()))
+                .collect();
+            if let Some(p) = host.pending.get_mut(&m.from) {
+                for f in &params {
+                    *p.facts.entry(f.clone()).or_insert(0) += p.count;
+                }
+            }
             if m.from != m.to {
                 if let Some(p) = host.pending.remove(&m.from) {
                     host.pending.entry(m.to).or_default().add(p);
@@ -319,12 +332,24 @@ impl Inventory {
                     }
                 }
             }
+            // At most one per moved endpoint, which the template bound already bounds.
+            let into = host.known.entry(m.to).or_default();
+            for f in params {
+                if into.insert(f) {
+                    self.facts_total += 1;
+                }
+            }
             if self.moves.len() < MAX_PENDING_MOVES {
                 self.moves.push(Move {
                     host: o.host.clone(),
                     method: m.method.clone(),
                     from: m.from_template.clone(),
                     to: m.to_template.clone(),
+                    params: m
+                        .new_params
+                        .iter()
+                        .map(|(name, kind)| (name.clone(), kind.as_str().to_owned()))
+                        .collect(),
                 });
             } else {
                 lost_moves += 1;
@@ -576,8 +601,40 @@ mod tests {
         let d = inv.take();
         assert_eq!(d.moves.len(), 4);
         assert!(d.moves.iter().all(|m| m.to == "/p/{p_slug}"));
+        assert!(d
+            .moves
+            .iter()
+            .all(|m| m.params == [("p_slug".to_owned(), "slug".to_owned())]));
         assert_eq!(d.endpoints.len(), 1);
         assert_eq!(d.endpoints[0].count, 1);
+        // Only the fifth was pending: the store adds the four it has to the parameter.
+        assert_eq!(
+            d.endpoints[0].facts,
+            [(Fact::new(PARAM, "", "p_slug", "slug"), 1)]
+        );
+    }
+
+    #[test]
+    fn a_collapse_counts_the_merged_literals_as_the_parameter() {
+        let mut inv = Inventory::new(Config::default());
+        for slug in ["a-b", "c-d", "e-f", "g-h", "i-j", "k-l"] {
+            inv.add(obs("h", "GET", &format!("/p/{slug}"), 1, &[]));
+            inv.add(obs("h", "GET", &format!("/p/{slug}/x"), 1, &[]));
+        }
+        let d = inv.take();
+        let rows: Vec<(String, u64, Vec<(Fact, u64)>)> = d
+            .endpoints
+            .iter()
+            .map(|e| (e.template.clone(), e.count, e.facts.clone()))
+            .collect();
+        let param = |n| vec![(Fact::new(PARAM, "", "p_slug", "slug"), n)];
+        assert_eq!(
+            rows,
+            [
+                ("/p/{p_slug}".to_owned(), 6, param(6)),
+                ("/p/{p_slug}/x".to_owned(), 6, param(6)),
+            ]
+        );
     }
 
     #[test]

@@ -163,6 +163,9 @@ pub struct Moved {
     pub from_template: String,
     pub to: EndpointId,
     pub to_template: String,
+    /// Variables `to_template` has where `from_template` had a literal (a slug collapse): the
+    /// exchanges counted on `from` had these too, so their counts carry over as parameters.
+    pub new_params: Vec<(String, SegKind)>,
 }
 
 #[derive(Debug, Clone)]
@@ -564,6 +567,12 @@ impl Tree {
         for (_, child) in slugs {
             self.endpoints_under(*child, &mut before);
         }
+        let new_params: Vec<(String, SegKind)> = self
+            .render(var)
+            .1
+            .pop()
+            .map(|name| vec![(name, SegKind::Slug)])
+            .unwrap_or_default();
         let mut redirect: HashMap<EndpointId, EndpointId> = HashMap::new();
         for (label, child) in slugs {
             if let Some(n) = self.node_mut(parent) {
@@ -586,6 +595,7 @@ impl Tree {
                     from_template,
                     to,
                     to_template,
+                    new_params: new_params.clone(),
                 });
             }
         }

@@ -132,6 +132,29 @@ fn move_one<C: Conn>(conn: &mut C, m: &Move) -> Result<(), StoreError> {
         ),
         &q.params,
     )?;
+    // The literal `from` had where `to` has a variable: its exchanges had that parameter.
+    for (name, kind) in &m.params {
+        let mut q = Q::new(d);
+        let (to, pk, name, kind, h, me, from) = (
+            q.text(&m.to),
+            q.text(crate::inventory::PARAM),
+            q.text(name),
+            q.text(kind),
+            q.text(&m.host),
+            q.text(&m.method),
+            q.text(&m.from),
+        );
+        conn.execute(
+            &format!(
+                "INSERT INTO inventory_facts ({FACT_KEY}, count) \
+                 SELECT host, method, CAST({to} AS TEXT), CAST({pk} AS TEXT), '', \
+                 CAST({name} AS TEXT), CAST({kind} AS TEXT), count FROM inventory_endpoints \
+                 WHERE host = {h} AND method = {me} AND template = {from} \
+                 ON CONFLICT ({FACT_KEY}) DO UPDATE SET count = inventory_facts.count + excluded.count"
+            ),
+            &q.params,
+        )?;
+    }
     let mut q = Q::new(d);
     let (h, me, from) = (q.text(&m.host), q.text(&m.method), q.text(&m.from));
     for table in ["inventory_facts", "inventory_endpoints"] {
