@@ -218,9 +218,9 @@ NODE_PORT          ?= 9090
 EXTERNAL_NODE_HOST ?= node.example.com
 WALLARM_NODE_HOST  ?= wallarm-node.example.com
 WALLARM_NODE_PORT  ?= 5080
-SINK_IMAGE         ?= registry.example.com/oob-mirror-node:0.1.0
+NODE_STORE_URL     ?= postgres://oob_mirror@postgres.oob-mirror.svc.cluster.local:5432/oob_mirror
 ISTIO_SETTINGS     := GATEWAY_NAMESPACE GATEWAY_NAME NODE_SERVICE NODE_NAMESPACE NODE_PORT \
-                      EXTERNAL_NODE_HOST WALLARM_NODE_HOST WALLARM_NODE_PORT SINK_IMAGE
+                      EXTERNAL_NODE_HOST WALLARM_NODE_HOST WALLARM_NODE_PORT NODE_IMAGE NODE_STORE_URL
 ISTIO_RENDER        = '$(VENV)/bin/python' tools/istio_render.py istio \
                       $(foreach v,$(ISTIO_SETTINGS),--set '$(v)=$($(v))')
 ISTIO_VALIDATE      = '$(VENV)/bin/python' tools/validate_istio.py --crds '$(ISTIO_CRDS)'
@@ -230,7 +230,8 @@ ISTIO_CHECK_IMAGE  := registry.example.com/oob-mirror:validate
 ISTIO_CHECK_SHA256 := 0000000000000000000000000000000000000000000000000000000000000000
 # The Python tools of the tests, in .venv: the Istio manifests' validation, schemathesis
 # against the node's API (node/tests/api.rs) and openapi-spec-validator.
-ISTIO_PY_DEPS      := jsonschema==4.26.0 PyYAML==6.0.3 schemathesis==4.32.5 openapi-spec-validator==0.9.0
+ISTIO_PY_DEPS      := jsonschema==4.26.0 PyYAML==6.0.3 schemathesis==4.32.5 openapi-spec-validator==0.9.0 \
+                      kubernetes-validate==1.37.0
 # `make test` passes its log, so the summary line counts these tests too.
 ISTIO_TEST_LOG     ?= /dev/null
 

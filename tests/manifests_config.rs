@@ -59,8 +59,12 @@ fn template_values() -> Vec<(&'static str, String)> {
         ("WALLARM_NODE_HOST", WALLARM_NODE_HOST.to_owned()),
         ("WALLARM_NODE_PORT", WALLARM_NODE_PORT.to_string()),
         (
-            "SINK_IMAGE",
+            "NODE_IMAGE",
             "registry.example.com/oob-mirror-node:test".to_owned(),
+        ),
+        (
+            "NODE_STORE_URL",
+            "postgres://oob_mirror@pg.node-ns.svc.cluster.local:5432/oob_mirror".to_owned(),
         ),
     ]
 }
@@ -72,6 +76,7 @@ const PLUGIN_TEMPLATES: &[&str] = &[
     "trafficextension.yaml",
     "external-node/wasmplugin.yaml",
     "wallarm-node/wasmplugin.yaml",
+    "node/wasmplugin.yaml",
 ];
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
@@ -558,4 +563,103 @@ fn envoy_validates_the_extproc_bootstrap() {
     // `--mode validate` builds the clusters (loading the CA file), loads the module and runs
     // its configuration, binds no port and exits on its own.
     assert_validates(&root, &bootstrap);
+}
+
+/// `istio/node/`: the node replicas run as the product needs them, and the plugin beside them
+/// shards its batches onto a hash-based node cluster.
+#[test]
+fn the_node_replicas_share_a_store_and_the_gateway_shards_onto_them() {
+    let manifests = istio_manifests();
+    let in_node = |kind: &str| -> Vec<&Value> {
+        manifests
+            .iter()
+            .filter(|m| m.file.starts_with("node/") && m.doc["kind"].as_str() == Some(kind))
+            .map(|m| &m.doc)
+            .collect()
+    };
+    let deployments = in_node("Deployment");
+    assert_eq!(deployments.len(), 1, "one node Deployment");
+    let d = deployments[0];
+    assert_eq!(number(&d["spec"], "replicas"), 3);
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let containers = seq(pod, "containers");
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    assert_eq!(
+        str_at(c, &["image"]),
+        Some("registry.example.com/oob-mirror-node:test")
+    );
+    assert_eq!(
+        c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            str_at(c, &[probe, "httpGet", "path"]),
+            Some("/healthz"),
+            "{probe}"
+        );
+    }
+    let args: Vec<&str> = seq(c, "args").iter().filter_map(Value::as_str).collect();
+    let store = args
+        .iter()
+        .position(|a| *a == "--store")
+        .and_then(|i| args.get(i + 1))
+        .copied();
+    assert!(
+        store.is_some_and(|s| s.starts_with("postgres://")),
+        "the replicas share a PostgreSQL store: {args:?}"
+    );
+    // Every secret the pod reads is in the Secret of the folder, under that key.
+    let secrets = in_node("Secret");
+    assert_eq!(secrets.len(), 1);
+    let secret = secrets[0];
+    let mut env_names = Vec::new();
+    for e in seq(c, "env") {
+        let name = str_at(e, &["name"]).unwrap();
+        env_names.push(name);
+        let key = str_at(e, &["valueFrom", "secretKeyRef", "key"]).unwrap();
+        assert_eq!(
+            str_at(e, &["valueFrom", "secretKeyRef", "name"]),
+            str_at(secret, &["metadata", "name"]),
+            "{name}"
+        );
+        assert!(secret["stringData"][key].is_string(), "{name}: key {key}");
+    }
+    assert_eq!(
+        env_names,
+        ["OOB_MIRROR_NODE_STORE_PASSWORD", "OOB_MIRROR_REDACT_KEY"]
+    );
+    let hpa = in_node("HorizontalPodAutoscaler");
+    assert_eq!(hpa.len(), 1);
+    assert_eq!(
+        str_at(hpa[0], &["spec", "scaleTargetRef", "name"]),
+        Some(NODE_SERVICE)
+    );
+    assert_eq!(number(&hpa[0]["spec"], "minReplicas"), 3);
+    assert_eq!(in_node("PodDisruptionBudget").len(), 1);
+    assert_eq!(in_node("Service").len(), 1);
+
+    let plugins = in_node("WasmPlugin");
+    assert_eq!(plugins.len(), 1);
+    let json = serde_json::to_string(&plugins[0]["spec"]["pluginConfig"]).unwrap();
+    let config = Config::parse(json.as_bytes()).unwrap();
+    assert_eq!(config.node.shards, 16);
+    let host = format!("{NODE_SERVICE}.{NODE_NAMESPACE}.svc.cluster.local");
+    let rules = in_node("DestinationRule");
+    assert_eq!(rules.len(), 1);
+    let rule = rules[0];
+    assert_eq!(str_at(rule, &["spec", "host"]), Some(host.as_str()));
+    assert_eq!(
+        str_at(rule, &["metadata", "namespace"]),
+        Some(GATEWAY_NAMESPACE),
+        "the rule applies to the gateway's cluster"
+    );
+    // Any consistentHash makes Istio build a RING_HASH cluster; Envoy hashes a wasm call on
+    // its :authority (context.cc), which carries the shard.
+    assert!(
+        rule["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"].is_mapping(),
+        "no consistent hashing on the node cluster"
+    );
 }

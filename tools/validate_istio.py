@@ -17,8 +17,11 @@ schema of the served version named by each document's apiVersion:
   not know fails the run, so a newer CRD cannot have rules silently skipped;
 - metadata: name (DNS-1123 subdomain), namespace, labels, annotations only.
 
-Kinds that are not Istio CRDs (Namespace, Deployment, Service) are only checked
-for apiVersion, kind and metadata. --self-test also runs negative tests that
+Kubernetes' own kinds (Namespace, Secret, Service, Deployment,
+HorizontalPodAutoscaler, PodDisruptionBudget) are checked against Kubernetes'
+own schemas, strict (an unknown field is an error), by kubernetes-validate, for
+the oldest and the newest Kubernetes that the Istio releases we support run on
+(K8S_VERSIONS). --self-test also runs negative tests that
 must be rejected, so the validator cannot pass vacuously. Prints one line per
 document and a closing `test result:` line in cargo's format.
 """
@@ -31,10 +34,20 @@ from fractions import Fraction
 from pathlib import Path
 
 import jsonschema
+import kubernetes_validate
 import yaml
 
-# Kinds checked for shape only (apiVersion, kind, metadata).
-CORE_KINDS = {("v1", "Namespace"), ("v1", "Service"), ("apps/v1", "Deployment")}
+# Kubernetes' own kinds the manifests use, checked against Kubernetes' schemas.
+CORE_KINDS = {
+    ("v1", "Namespace"),
+    ("v1", "Secret"),
+    ("v1", "Service"),
+    ("apps/v1", "Deployment"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+}
+# Istio 1.28 runs on Kubernetes 1.30 to 1.34; the newest schemas catch removals early.
+K8S_VERSIONS = ("1.30", "1.37")
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -409,7 +422,12 @@ def validate(crds, doc):
     version, crd_schema = crds.schema(api_version, kind)
     if crd_schema is None:
         if (api_version, kind) in CORE_KINDS:
-            return "(not an Istio kind: apiVersion, kind, metadata only)"
+            for k8s in K8S_VERSIONS:
+                try:
+                    kubernetes_validate.validate(doc, k8s, strict=True)
+                except kubernetes_validate.ValidationError as err:
+                    raise Invalid([f"Kubernetes {k8s}: {dotted(list(err.path))}: {err.message}"])
+            return f"against Kubernetes {' and '.join(K8S_VERSIONS)} {kind} schemas (strict)"
         raise Invalid([f"{api_version} {kind}: neither an Istio CRD nor a known core kind"])
     json_schema = to_json_schema(crd_schema)
     # The API server adds apiVersion, kind and metadata to every CRD's root.
@@ -493,6 +511,11 @@ SELF_TESTS = [
      mutated(["spec", "trafficPolicy", "connectionPool", "tcp", "connectTimeout"], "500us"), "1ms"),
     ("DestinationRule", "CEL: connectTimeout not a duration",
      mutated(["spec", "trafficPolicy", "connectionPool", "tcp", "connectTimeout"], "soon"), "invalid duration"),
+    ("Deployment", "unknown field in a container",
+     mutated(["spec", "template", "spec", "containers", 0, "readOnlyRootFS"], True), "readOnlyRootFS"),
+    ("HorizontalPodAutoscaler", "minReplicas as text", mutated(["spec", "minReplicas"], "3"), "'3'"),
+    ("PodDisruptionBudget", "unknown field spec.maxUnavailble",
+     mutated(["spec", "maxUnavailble"], 1), "maxUnavailble"),
     ("DestinationRule", "wrong enum tls.mode",
      mutated(["spec", "trafficPolicy", "portLevelSettings", 0, "tls", "mode"], "TLS"), "TLS"),
 ]

@@ -71,6 +71,10 @@ pub struct EnvoyConfig {
     pub vm_env: Vec<(String, String)>,
     /// The node cluster's `transport_socket` (e.g. TLS origination).
     pub node_transport_socket: Option<Value>,
+    /// Node replicas: the node cluster's endpoints instead of `node_port` alone, its
+    /// `lb_policy`, and an active health check on `/healthz`, so a dead replica leaves the
+    /// ring (its shards go to the others) and comes back to it.
+    pub node_replicas: Option<(Vec<u16>, &'static str)>,
 }
 
 impl EnvoyConfig {
@@ -89,6 +93,7 @@ impl EnvoyConfig {
             extra_clusters: Vec::new(),
             vm_env: Vec::new(),
             node_transport_socket: None,
+            node_replicas: None,
         }
     }
 
@@ -107,6 +112,7 @@ impl EnvoyConfig {
             extra_clusters: Vec::new(),
             vm_env: Vec::new(),
             node_transport_socket: None,
+            node_replicas: None,
         }
     }
 
@@ -146,6 +152,13 @@ impl EnvoyConfig {
     /// The node cluster's `transport_socket`, e.g. the TLS origination of a shipped bootstrap.
     pub fn node_transport_socket(mut self, socket: Value) -> EnvoyConfig {
         self.node_transport_socket = Some(socket);
+        self
+    }
+
+    /// The node cluster as these replicas, balanced by `lb_policy` (e.g. `RING_HASH`), each
+    /// health-checked on `/healthz` every 100 ms.
+    pub fn node_replicas(mut self, ports: &[u16], lb_policy: &'static str) -> EnvoyConfig {
+        self.node_replicas = Some((ports.to_vec(), lb_policy));
         self
     }
 
@@ -215,6 +228,29 @@ impl EnvoyConfig {
         }
         if let Some(socket) = &self.node_transport_socket {
             node["transport_socket"] = socket.clone();
+        }
+        if let Some((ports, lb_policy)) = &self.node_replicas {
+            let endpoints: Vec<Value> = ports
+                .iter()
+                .map(|p| json!({ "endpoint": { "address": socket_address(*p) } }))
+                .collect();
+            node["load_assignment"] = json!({
+                "cluster_name": "oob_mirror_node",
+                "endpoints": [{ "lb_endpoints": endpoints }]
+            });
+            node["lb_policy"] = json!(lb_policy);
+            let mut check = json!({ "path": "/healthz" });
+            if self.node_http2 {
+                check["codec_client_type"] = json!("HTTP2");
+            }
+            node["health_checks"] = json!([{
+                "timeout": "0.5s",
+                "interval": "0.1s",
+                "no_traffic_interval": "0.1s",
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "http_health_check": check
+            }]);
         }
         http_filters.push(json!({
             "name": "envoy.filters.http.router",

@@ -622,7 +622,7 @@ mod tests {
             inv.add(obs("h", "GET", &format!("/p/{slug}/x"), 1, &[]));
         }
         let d = inv.take();
-        let rows: Vec<(String, u64, Vec<(Fact, u64)>)> = d
+        let rows: Vec<_> = d
             .endpoints
             .iter()
             .map(|e| (e.template.clone(), e.count, e.facts.clone()))
