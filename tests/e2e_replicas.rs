@@ -53,7 +53,7 @@ const VICTIM: usize = 1;
 /// How long after the kill (or the return) an exchange may still be lost or split: the
 /// batches in flight, the health check's interval and timeout, the node's pairing timeout.
 const EVENT_WINDOW: Duration = Duration::from_secs(4);
-const PAIR_TIMEOUT_MS: u64 = 1000;
+const PAIR_TIMEOUT_MS: u64 = 3000;
 const SETTLE: Duration = Duration::from_secs(120);
 /// Exchanges waiting for analysis on all nodes above which the client pauses: the highest
 /// rate this machine sustains is the rate the nodes analyse at.
@@ -510,15 +510,16 @@ fn run(mode: Mode, upstream: &Upstream) -> Run {
         run.received,
         dropped,
     );
-    // Every record (stream) is delivered to a replica or counted as dropped by the filter; the
-    // victim's count is read just before the kill, so what reached it in between is missing.
+    // Every record (stream) is delivered to a replica or counted as dropped by the filter. The
+    // victim's count is read just before the kill: what reached it in between is missing, and
+    // what it took but had not answered when killed is counted twice.
     let expected = match mode {
         Mode::ExtProc => EXCHANGES,
         Mode::Batch { .. } => 2 * EXCHANGES,
     };
     let accounted = total + u64::try_from(dropped).unwrap();
     assert!(
-        accounted <= expected && expected - accounted <= 64,
+        accounted.abs_diff(expected) <= 64,
         "{mode:?}: {accounted} delivered or dropped of {expected}"
     );
     eprintln!(

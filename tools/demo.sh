@@ -529,6 +529,33 @@ EXPECT=$EXPECT node_py check "$WORK/before.json" "$WORK/node.out" || exit 1
 
 section "The node's console: $NODE/attacks (as text)"
 node_py console "$NODE" || exit 1
+section "API discovery: the endpoints the node learned, $NODE/api/v1/inventory (page: $NODE/apis)"
+# The inventory is written to the store every 5 s: wait until it counts every exchange.
+NODE=$NODE EXCHANGES=$EXCHANGES TIMEOUT=$RECORDS_TIMEOUT_S "$PYTHON" - <<'EOF' || exit 1
+import json, os, sys, time, urllib.parse, urllib.request
+node, want = os.environ["NODE"], int(os.environ["EXCHANGES"])
+deadline = time.time() + float(os.environ["TIMEOUT"]) + 10
+def get(path):
+    with urllib.request.urlopen(node + path, timeout=10) as r:
+        return json.load(r)
+while True:
+    items = get("/api/v1/inventory?limit=500")["items"]
+    seen = sum(e["count"] for e in items)
+    if seen >= want or time.time() > deadline:
+        break
+    time.sleep(0.5)
+print("%-7s %-24s %-36s %5s  %s" % ("method", "host", "template", "count", "sensitive data"))
+for e in sorted(items, key=lambda e: (e["host"], e["template"], e["method"])):
+    sensitive = ", ".join(sorted({s["type"] for s in e["sensitive"]})) or "-"
+    print("%-7s %-24s %-36s %5d  %s" % (e["method"], e["host"], e["template"], e["count"], sensitive))
+print("\n%d endpoints, %d of %d exchanges counted" % (len(items), seen, want))
+if not items:
+    sys.exit("the node learned no endpoint")
+host = items[0]["host"]
+doc = get("/api/v1/inventory/openapi.json?host=" + urllib.parse.quote(host))
+print("\nOpenAPI 3.1 of %s (GET %s/api/v1/inventory/openapi.json?host=%s):" % (host, node, host))
+print(json.dumps(doc, indent=2))
+EOF
 section "Node metrics: $NODE/metrics"
 curl -fsS "$NODE/metrics" | grep -v '^#'
 
