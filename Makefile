@@ -284,6 +284,7 @@ bench-memory: bench-setup
 # The analysis node alone (oob-mirror-node --detect): exchanges analysed per second and per core.
 bench-node: bench-setup
 	'$(PYTHON)' tools/bench/bench.py --only node --seconds '$(BENCH_SECONDS)'
+	'$(PYTHON)' tools/bench/bench.py --only replicas --seconds '$(BENCH_SECONDS)'
 
 bench-slow-node: bench-setup
 	'$(PYTHON)' tools/bench/bench.py --only slow-node --seconds '$(BENCH_SECONDS)' \

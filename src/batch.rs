@@ -193,6 +193,16 @@ impl BatchQueue {
         self.sealed.push_back(full);
     }
 
+    /// Seals every open batch that holds records, whatever its age: a root that is going
+    /// ships what it has at once.
+    pub fn seal_all(&mut self) {
+        for index in 0..self.open.len() {
+            if self.open.get(index).is_some_and(|o| o.batch.records > 0) {
+                self.seal(index);
+            }
+        }
+    }
+
     /// A full batch is waiting (or an open one is older than `flush_ms`) and a slot is free.
     pub fn has_ready(&self, now_ms: u64) -> bool {
         self.inflight < self.max_inflight
@@ -297,6 +307,22 @@ mod tests {
         q.finish(2);
         assert_eq!(q.inflight(), 0);
         assert_eq!(q.inflight_records(), 0);
+    }
+
+    #[test]
+    fn seal_all_makes_every_open_batch_due_at_once() {
+        let mut q = BatchQueue::new(&config(100, 100, 1000), 3);
+        q.push(0, b"a", 0);
+        q.push(2, b"c", 0);
+        assert!(!q.has_ready(0), "not due before flush_ms");
+        q.seal_all();
+        let first = q.take_ready(0).unwrap();
+        let second = q.take_ready(0).unwrap();
+        assert_eq!((first.shard, first.body.as_slice()), (0, &b"a"[..]));
+        assert_eq!((second.shard, second.body.as_slice()), (2, &b"c"[..]));
+        assert!(q.take_ready(0).is_none(), "the empty shard is not sent");
+        assert_eq!(q.queued_records(), 0);
+        assert_eq!(q.inflight_records(), 2);
     }
 
     #[test]

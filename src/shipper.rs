@@ -230,6 +230,16 @@ impl Shipper {
         (self.queue.queued_bytes(), self.queue.max_queue_bytes())
     }
 
+    /// Makes every queued record due now (a root that is going ships at once).
+    pub fn flush_all(&mut self) {
+        self.queue.seal_all();
+    }
+
+    /// Nothing queued (open or sealed) and nothing in flight.
+    pub fn is_idle(&self) -> bool {
+        self.queue.queued_records() == 0 && self.queue.inflight_records() == 0
+    }
+
     pub fn gauges(&self) -> Gauges {
         Gauges {
             queued_bytes: self.queue.queued_bytes(),

@@ -23,6 +23,11 @@ use std::time::Duration;
 /// Upper bound on the tick period: full batches wait at most this long for the root context.
 const MAX_TICK_MS: u64 = 10;
 
+/// How long a root whose configuration was replaced keeps shipping what it still has (its
+/// queue, its batches in flight, the records of exchanges that started under it) before it
+/// goes, and counts what is left as lost.
+const DRAIN_MS: u64 = 60_000;
+
 /// The gRPC method every ext_proc stream calls.
 const EXT_PROC_SERVICE: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
 const EXT_PROC_METHOD: &str = "Process";
@@ -41,9 +46,58 @@ pub struct MirrorRoot {
     /// (`shard-N.{node.authority}`) and its `x-oob-mirror-shard` value. Empty with one shard,
     /// whose batches go as they always did.
     shard_targets: Vec<(String, String)>,
+    /// Set by `on_done`: until when this root keeps draining before it gives up.
+    drain_until_ms: Option<u64>,
 }
 
 impl MirrorRoot {
+    /// While draining: whether everything of this root is shipped (no stream context holds its
+    /// worker, nothing is queued, in flight or streaming) or the drain's time is up, in which
+    /// case what is left is named in one log line. Publishes the metrics either way, so the
+    /// last deltas reach Envoy's stats, which outlive this root.
+    fn drained(&mut self) -> bool {
+        let Some(until) = self.drain_until_ms else {
+            return false;
+        };
+        let idle = match &self.worker {
+            None => true,
+            Some(worker) => {
+                let holders = std::rc::Rc::strong_count(worker);
+                worker
+                    .try_borrow()
+                    .is_ok_and(|w| holders == 1 && w.shipper.is_idle() && w.streams.active() == 0)
+            }
+        };
+        self.publish();
+        if idle {
+            return true;
+        }
+        if now_ms() < until {
+            return false;
+        }
+        if let Some(Ok(w)) = self.worker.as_ref().map(|w| w.try_borrow()) {
+            let gauges = w.shipper.gauges();
+            log::warn!(
+                "oob-mirror: configuration replaced: {} ms later, {} records queued, {} in \
+                 flight and {} ext_proc streams open are given up (counted in \
+                 queued_records, inflight_records and extproc_streams_active)",
+                DRAIN_MS,
+                gauges.queued_records,
+                gauges.inflight_records,
+                w.streams.active()
+            );
+        }
+        true
+    }
+
+    /// Ends a draining root once [`Self::drained`].
+    fn finish_drain(&mut self) {
+        if self.drained() {
+            self.drain_until_ms = None;
+            let _ = hostcalls::done();
+        }
+    }
+
     /// Sends every batch that is due, as far as the in-flight bound and backoff allow.
     fn ship(&mut self) {
         let Some(worker) = &self.worker else { return };
@@ -204,6 +258,9 @@ impl Context for MirrorRoot {
         }
         // A returning batch frees an in-flight slot: use it now rather than at the next tick.
         self.ship();
+        if self.drain_until_ms.is_some() {
+            self.finish_drain();
+        }
     }
 
     fn on_grpc_stream_close(&mut self, token_id: u32, status_code: u32) {
@@ -212,6 +269,43 @@ impl Context for MirrorRoot {
                 worker.streams.closed(token_id, status_code, now_ms());
             }
         }
+        if self.drain_until_ms.is_some() {
+            self.finish_drain();
+        }
+    }
+
+    /// A `pluginConfig` change: Envoy keeps the VM, makes a new root context for the new
+    /// configuration and asks this one to end. Exchanges that started under it still hold its
+    /// worker and will add their records; some are queued or in flight. Returning false keeps
+    /// this root (its tick, its calls' replies) until it calls `proxy_done`, once all of that
+    /// is shipped. A new module destroys the VM instead, with whatever it holds.
+    fn on_done(&mut self) -> bool {
+        if self.worker.is_none() {
+            return true;
+        }
+        self.drain_until_ms = Some(now_ms().saturating_add(DRAIN_MS));
+        if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+            w.shipper.flush_all();
+            let gauges = w.shipper.gauges();
+            // A new module destroys this VM with what it holds, without another call: this
+            // line is all that says what was at stake then.
+            log::info!(
+                "oob-mirror: configuration replaced: shipping what this one holds ({} records \
+                 queued, {} in flight, {} ext_proc streams open) before it goes",
+                gauges.queued_records,
+                gauges.inflight_records,
+                w.streams.active()
+            );
+        }
+        match self.protocol {
+            Protocol::Batch => self.ship(),
+            Protocol::ExtProc => self.flush_streams(),
+        }
+        let done = self.drained();
+        if done {
+            self.drain_until_ms = None;
+        }
+        done
     }
 }
 
@@ -297,6 +391,9 @@ impl RootContext for MirrorRoot {
         }
         self.publish();
         self.write_log();
+        if self.drain_until_ms.is_some() {
+            self.finish_drain();
+        }
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {

@@ -28,6 +28,29 @@ pub enum Filter {
     OobMirror(String),
     /// Another HTTP filter first in the chain (e.g. Envoy's own ext_proc, as a reference).
     Http(Value),
+    /// The filter as istiod delivers it: by ECDS, the HTTP filter named `name` found in the
+    /// discovery file `dir/ecds.json`, which Envoy watches ([`write_ecds`] replaces it).
+    Ecds { name: String, dir: PathBuf },
+}
+
+/// Replaces the ECDS file of [`Filter::Ecds`] with one resource, the filter `name` configured
+/// by `typed_config`: written beside it, then moved over it, the move Envoy watches for.
+pub fn write_ecds(dir: &Path, name: &str, version: u64, typed_config: &Value) {
+    let response = json!({
+        "version_info": version.to_string(),
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": name,
+            "typed_config": typed_config
+        }]
+    });
+    let tmp = dir.join(format!(".ecds-{version}.json"));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&response).expect("render ECDS"),
+    )
+    .expect("write ECDS");
+    std::fs::rename(&tmp, dir.join("ecds.json")).expect("move ECDS into place");
 }
 
 /// Envoy's own ext_proc filter as Wallarm documents it for its Native Node: observability
@@ -186,6 +209,13 @@ impl EnvoyConfig {
     /// The bootstrap, as JSON (Envoy reads `.json` bootstraps).
     pub fn bootstrap(&self) -> Value {
         let mut bootstrap = self.base_bootstrap();
+        if matches!(self.filter, Filter::Ecds { .. }) {
+            // xDS needs a node identity; a gateway's, in Istio's form.
+            bootstrap["node"] = json!({
+                "id": "router~10.0.0.1~istio-ingressgateway-0.istio-system~istio-system.svc.cluster.local",
+                "cluster": "istio-ingressgateway.istio-system"
+            });
+        }
         if let Some(clusters) = bootstrap["static_resources"]["clusters"].as_array_mut() {
             clusters.extend(self.extra_clusters.iter().cloned());
         }
@@ -206,6 +236,19 @@ impl EnvoyConfig {
                 ));
             }
             Filter::Http(filter) => http_filters.push(filter.clone()),
+            Filter::Ecds { name, dir } => http_filters.push(json!({
+                "name": name,
+                "config_discovery": {
+                    "config_source": {
+                        "path_config_source": {
+                            "path": dir.join("ecds.json").display().to_string(),
+                            "watched_directory": { "path": dir.display().to_string() }
+                        },
+                        "resource_api_version": "V3"
+                    },
+                    "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
+                }
+            })),
         }
         let mut routes = self.extra_routes.clone();
         routes.push(json!({

@@ -792,7 +792,9 @@ class PgServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-STORE_NAMES = {"none": "off (`--store none`)", "sqlite": "SQLite (default)",
+STORE_NAMES = {"none": "off (`--store none`)",
+               "sqlite-nodisc": "SQLite, API discovery off (`--inventory off`)",
+               "sqlite": "SQLite (default: API discovery on)",
                "postgres": "PostgreSQL"}
 STORE_COUNTERS = ("store_written_total", "store_dropped_queue_full_total", "store_failed_total")
 
@@ -807,9 +809,11 @@ def node_run(args, mix, label, store, pg, threads):
     env, data_dir = None, None
     if store == "none":
         argv += ["--store", "none"]
-    elif store == "sqlite":
+    elif store in ("sqlite", "sqlite-nodisc"):
         data_dir = Path(tempfile.mkdtemp(prefix=f"node-{mix}-", dir=WORK))
         argv += ["--data-dir", data_dir]  # the default store: <data-dir>/attacks.sqlite
+        if store == "sqlite-nodisc":
+            argv += ["--inventory", "off"]
     else:
         argv += ["--store", pg.new_database()]
         env = {**os.environ, "OOB_MIRROR_NODE_STORE_PASSWORD": PG_PASSWORD}
@@ -912,6 +916,89 @@ def node(args):
     finally:
         if pg is not None:
             pg.stop()
+    return rows
+
+
+REPLICA_MIXES = [m for m in NODE_MIXES if m[0] in ("get", "attacks")]
+
+
+def replicas_run(args, mix, label, count, pg):
+    """`count` node replicas, one analysis thread each, sharing one fresh PostgreSQL
+    database, each loaded by its own node-bench (2 connections) at once for the measured
+    seconds; the clock runs until every replica has analysed what it was sent and written
+    its attacks."""
+    url = pg.new_database()
+    env = {**os.environ, "OOB_MIRROR_NODE_STORE_PASSWORD": PG_PASSWORD}
+    nodes = []
+    for k in range(count):
+        port = free_port()
+        proc = Proc(f"replica-{mix}-{count}-{k}",
+                    [SINK, "--listen", f"127.0.0.1:{port}", "--threads", "1", "--store", url],
+                    stdout=subprocess.DEVNULL, cpus=None, env=env)
+        wait_until("replica listening", lambda p=proc: "listening on" in p.log_path.read_text(),
+                   READY_TIMEOUT_S, proc)
+        nodes.append((proc, port))
+    ticks0 = sum(cpu_ticks(p.pid) for p, _ in nodes)
+    pg_ticks0 = pg.cpu_ticks()
+    t0 = time.monotonic()
+    loads = [subprocess.Popen([NODE_BENCH, "--node", f"127.0.0.1:{port}", "--mix", mix,
+                               "--seconds", str(args.seconds), "--connections", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _, port in nodes]
+    sent = []
+    for (proc, _), load in zip(nodes, loads):
+        out, err = load.communicate()
+        if load.returncode != 0:
+            proc.fail(f"node-bench failed: {err.strip()}")
+        sent.append(json.loads(out.strip().splitlines()[-1]))
+    metrics = []
+    for (proc, port), s in zip(nodes, sent):
+        def done(port=port, s=s):
+            m = node_metrics(port)
+            if m["exchanges_analysed_total"] < s["exchanges"]:
+                return None
+            written = sum(m.get(k, 0) for k in STORE_COUNTERS)
+            return m if written >= m["exchanges_with_attacks_total"] else None
+        metrics.append(wait_until("replica drained", done, 180, proc))
+    wall = time.monotonic() - t0
+    cpu_s = (sum(cpu_ticks(p.pid) for p, _ in nodes) - ticks0) / CLOCK_TICKS
+    pg_cpu_s = (pg.cpu_ticks() - pg_ticks0) / CLOCK_TICKS
+    for proc, _ in nodes:
+        proc.stop()
+    n = sum(m["exchanges_analysed_total"] for m in metrics)
+    attacks = sum(m["exchanges_with_attacks_total"] for m in metrics)
+    written = sum(m.get("store_written_total", 0) for m in metrics)
+    return {"mix": mix, "mix_name": label, "replicas": count, "seconds": wall, "analysed": n,
+            "attacks": attacks, "written": written,
+            "refused_503": sum(x["refused_503"] for x in sent), "cpu_s": cpu_s,
+            "db_cpu_s": pg_cpu_s, "per_s": n / wall, "per_core_s": n / cpu_s if cpu_s else 0,
+            "per_replica": [m["exchanges_analysed_total"] for m in metrics],
+            "sane": n == sum(x["exchanges"] for x in sent)
+            and attacks == (n if mix == "attacks" else 0) and written == attacks}
+
+
+def replicas(args):
+    """1, 2 and 3 replicas on this machine, sharing one PostgreSQL store."""
+    bindir = pg_bindir()
+    if bindir is None:
+        print("replicas: PostgreSQL's server binaries not found (`make setup` installs them)",
+              flush=True)
+        return []
+    pg = PgServer(bindir)
+    rows = []
+    try:
+        for mix, label in REPLICA_MIXES:
+            for count in (1, 2, 3):
+                row = replicas_run(args, mix, label, count, pg)
+                rows.append(row)
+                print(f"replicas: {label:<58} {count} replica(s) {row['per_s']:7.0f} "
+                      f"exchanges/s in all  {row['per_core_s']:6.0f} per node core-second  "
+                      f"per replica {row['per_replica']}  "
+                      f"({row['analysed']:.0f} analysed, {row['written']:.0f} attacks written, "
+                      f"{row['refused_503']} batches answered 503)"
+                      + ("" if row["sane"] else "  — CHECK: counts do not add up"), flush=True)
+    finally:
+        pg.stop()
     return rows
 
 
@@ -1145,6 +1232,44 @@ def render_markdown(results):
                        f"{n(r['store_failed_total'])} | {r['refused_503']} |"
                        + ("" if r["sane"] else " CHECK"))
         out.append("")
+        summary = {(r["mix"], r["store"]): r for r in node_summary(nd["rows"])}
+        pairs = [(m, label, summary[(m, "sqlite-nodisc")], summary[(m, "sqlite")])
+                 for m, label in NODE_MIXES
+                 if (m, "sqlite-nodisc") in summary and (m, "sqlite") in summary]
+        if pairs:
+            out += ["API discovery's cost: the node's CPU per exchange with the default SQLite "
+                    "store, discovery off (`--inventory off`) and on (the default), the same "
+                    "rounds as above.", "",
+                    "| traffic | CPU µs, discovery off | CPU µs, on | on − off | × off |",
+                    "| --- | ---: | ---: | ---: | ---: |"]
+            for _, label, off, on in pairs:
+                out.append(f"| {label} | {off['cpu_us']:.0f} | {on['cpu_us']:.0f} | "
+                           f"{on['cpu_us'] - off['cpu_us']:+.0f} | "
+                           f"{on['cpu_us'] / off['cpu_us']:.2f} |")
+            out.append("")
+    rp = results.get("replicas")
+    if rp and rp["rows"]:
+        out += ["## Analysis node replicas", "", when(rp), "",
+                "1, 2 and 3 `oob-mirror-node` processes, one analysis thread each, sharing one "
+                "fresh PostgreSQL database (a throwaway local server), each loaded by its own "
+                "`node-bench` (2 connections) for the measured seconds, all at once; the clock "
+                "runs until every replica has analysed what it was sent and written its attacks. "
+                "exchanges/s: all replicas together; per core: per second of the nodes' CPU "
+                "(PostgreSQL's apart). This machine has "
+                f"{results.get('machine', {}).get('cores', '?')} cores: replicas beyond that share "
+                "them.", "",
+                "| traffic | replicas | exchanges/s, all | × 1 replica | per core | "
+                "analysed per replica | attacks written | DB CPU s | 503 |",
+                "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+        one = {r["mix"]: r for r in rp["rows"] if r["replicas"] == 1}
+        for r in rp["rows"]:
+            base = one.get(r["mix"])
+            ratio = f"{r['per_s'] / base['per_s']:.2f}" if base and base["per_s"] else "–"
+            out.append(f"| {r['mix_name']} | {r['replicas']} | {r['per_s']:.0f} | {ratio} | "
+                       f"{r['per_core_s']:.0f} | {' / '.join(str(int(x)) for x in r['per_replica'])} | "
+                       f"{r['written']:.0f} | {r['db_cpu_s']:.1f} | {r['refused_503']} |"
+                       + ("" if r["sane"] else " CHECK"))
+        out.append("")
     mem = results.get("memory")
     if mem:
         out += ["## Idle memory", "", when(mem), "",
@@ -1187,12 +1312,12 @@ def parse_args():
     p.add_argument("--cases", default="abcdefg", help="subset of abcdefg")
     p.add_argument("--payloads", default="get,1k,64k", help="subset of get,1k,64k")
     p.add_argument("--node", default="up,down", help="subset of up,down")
-    p.add_argument("--node-stores", default="none,sqlite,postgres",
+    p.add_argument("--node-stores", default="none,sqlite-nodisc,sqlite,postgres",
                    help="the node part's stores, subset of none,sqlite,postgres (postgres is "
                         "skipped when PostgreSQL's server binaries are missing)")
     p.add_argument("--node-rounds", type=int, default=2,
                    help="the node part: runs of each mix and store, in alternating order")
-    p.add_argument("--only", choices=["throughput", "slow-node", "memory", "node"],
+    p.add_argument("--only", choices=["throughput", "slow-node", "memory", "node", "replicas"],
                    help="run one part; the others are kept from bench/results.json")
     p.add_argument("--out", default=str(OUT_DIR), help="where results.{md,json} go")
     args = p.parse_args()
@@ -1250,6 +1375,8 @@ def main():
         results["memory"] = {"run": now(), "rows": memory(ctx)}
     if args.only in (None, "node"):
         results["node"] = {"run": now(), "rows": node(args)}
+    if args.only in (None, "replicas"):
+        results["replicas"] = {"run": now(), "rows": replicas(args)}
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=1) + "\n")
     (out_dir / "results.md").write_text(render_markdown(results))
@@ -1260,6 +1387,8 @@ def main():
                 if r.get("problem")]
     if args.only in (None, "node"):
         problems += [r for r in results["node"]["rows"] if not r["sane"]]
+    if args.only in (None, "replicas"):
+        problems += [r for r in results["replicas"]["rows"] if not r["sane"]]
     if problems:
         print(f"bench: {len(problems)} run(s) with a problem, see CHECK lines", file=sys.stderr)
         return 1

@@ -1,0 +1,349 @@
+//! The filter delivered as istiod delivers it, then changed under load.
+//!
+//! Istio sends a WasmPlugin to the gateway by ECDS: an HTTP filter named `<ns>.<name>` whose
+//! Wasm configuration is found by discovery, with no `vm_id`, the plugin's `pluginConfig` as
+//! golang/protobuf jsonpb text (keys sorted, no whitespace, `<`, `>` and `&` as `\u003c`,
+//! `\u003e`, `\u0026`), `failStrategy: FAIL_OPEN` as `failure_policy: FAIL_OPEN` and
+//! `vmConfig.env` entries with `valueFrom: HOST` as `host_env_keys`. This test renders
+//! `istio/wasmplugin.yaml` by those rules and serves it to the real Envoy from a watched
+//! discovery file, which it then replaces:
+//! - a `pluginConfig` change under steady load (keep-alive clients, the case where an exchange
+//!   per open connection used to be lost) loses no record and the accounting stays exact,
+//!   the new configuration applying to new exchanges;
+//! - a configuration the filter refuses, on an update: traffic goes on, the old configuration
+//!   keeps mirroring, one log line names the field.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use support::client::Req;
+use support::envoy::{write_ecds, Filter};
+use support::paths::{repo_root, wasm_module, TempDir};
+use support::records::{id_census, start_node};
+use support::wait::poll_until;
+use support::{stats, Envoy, EnvoyConfig, Upstream, EVENTUALLY};
+
+/// The filter's name as Istio gives it: the WasmPlugin's namespace and name.
+const FILTER_NAME: &str = "istio-system.oob-mirror";
+
+/// A JSON value as golang/protobuf's jsonpb writes it for a `google.protobuf.Struct`.
+fn jsonpb(v: &Value) -> String {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", jsonpb(&json!(k)), jsonpb(&map[k])))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(jsonpb).collect::<Vec<_>>().join(",")
+        ),
+        Value::String(_) => serde_json::to_string(v)
+            .unwrap()
+            .replace('<', "\\u003c")
+            .replace('>', "\\u003e")
+            .replace('&', "\\u0026"),
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn jsonpb_sorts_keys_and_escapes_as_go_does() {
+    assert_eq!(
+        jsonpb(&json!({"b": 1, "a": {"d": "<x&y>", "c": [true, 2]}})),
+        r#"{"a":{"c":[true,2],"d":"\u003cx\u0026y\u003e"},"b":1}"#
+    );
+}
+
+/// `istio/wasmplugin.yaml` as a YAML value (its placeholders filled).
+fn wasmplugin() -> Value {
+    let text = std::fs::read_to_string(repo_root().join("istio/wasmplugin.yaml")).unwrap();
+    let text = text
+        .replace("${GATEWAY_NAMESPACE}", "istio-system")
+        .replace("${NODE_PORT}", "9090")
+        .replace("${NODE_SERVICE}", "oob-mirror-node")
+        .replace("${NODE_NAMESPACE}", "oob-mirror")
+        .replace("${IMAGE}", "registry.example.com/oob-mirror:test")
+        .replace("${IMAGE_SHA256}", &"ab".repeat(32));
+    let yaml: serde_norway::Value =
+        serde_norway::Value::deserialize(serde_norway::Deserializer::from_str(&text)).unwrap();
+    serde_json::to_value(yaml).unwrap()
+}
+
+/// The Wasm filter configuration istiod makes of the WasmPlugin, for this module, with
+/// `plugin_config` for its `pluginConfig`.
+fn istio_wasm(plugin: &Value, module: &Path, plugin_config: &Value) -> Value {
+    let spec = &plugin["spec"];
+    let host_env_keys: Vec<&str> = spec["vmConfig"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["valueFrom"] == "HOST")
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(spec["failStrategy"], "FAIL_OPEN");
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": FILTER_NAME,
+            "root_id": spec["pluginName"],
+            "vm_config": {
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": { "local": { "filename": module.display().to_string() } },
+                "environment_variables": { "host_env_keys": host_env_keys }
+            },
+            "configuration": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": jsonpb(plugin_config)
+            },
+            "failure_policy": "FAIL_OPEN"
+        }
+    })
+}
+
+/// The WasmPlugin's `pluginConfig` pointed at the test's node cluster, flushing often.
+fn plugin_config(plugin: &Value) -> Value {
+    let mut config = plugin["spec"]["pluginConfig"].clone();
+    config["node"]["cluster"] = json!("oob_mirror_node");
+    config["batch"] = json!({ "flush_ms": 20 });
+    config
+}
+
+struct Rig {
+    envoy: Envoy,
+    node: support::records::Node,
+    _upstream: Upstream,
+    dir: TempDir,
+    plugin: Value,
+    version: u64,
+}
+
+impl Rig {
+    fn start(config: &Value) -> Rig {
+        let upstream = Upstream::start();
+        let node = start_node();
+        let dir = TempDir::new("ecds");
+        let plugin = wasmplugin();
+        write_ecds(
+            dir.path(),
+            FILTER_NAME,
+            1,
+            &istio_wasm(&plugin, &wasm_module(), config),
+        );
+        let mut envoy_config = EnvoyConfig::new(upstream.port(), node.port());
+        envoy_config.filter = Filter::Ecds {
+            name: FILTER_NAME.to_owned(),
+            dir: dir.path().to_owned(),
+        };
+        let envoy = Envoy::start(&envoy_config);
+        Rig {
+            envoy,
+            node,
+            _upstream: upstream,
+            dir,
+            plugin,
+            version: 1,
+        }
+    }
+
+    /// Serves `config` as the next version and waits until Envoy took it (or refused it).
+    fn update(&mut self, config: &Value) {
+        let before = self.ecds_updates();
+        self.version += 1;
+        write_ecds(
+            self.dir.path(),
+            FILTER_NAME,
+            self.version,
+            &istio_wasm(&self.plugin, &wasm_module(), config),
+        );
+        let took = poll_until(EVENTUALLY, || (self.ecds_updates() > before).then_some(()));
+        assert!(
+            took.is_some(),
+            "Envoy neither took nor refused ECDS version {}:\n{}",
+            self.version,
+            self.envoy.log()
+        );
+    }
+
+    fn ecds_stat(&self, what: &str) -> i128 {
+        stats::envoy_stat(
+            &self.envoy,
+            &format!("extension_config_discovery.http_filter.{FILTER_NAME}.{what}"),
+        )
+    }
+
+    /// Updates taken plus refused.
+    fn ecds_updates(&self) -> i128 {
+        self.ecds_stat("config_reload") + self.ecds_stat("config_fail")
+    }
+}
+
+/// The exchanges a load connection sent, and those the filter mirrored.
+#[test]
+fn a_plugin_config_change_under_load_loses_no_record() {
+    let plugin = wasmplugin();
+    let first = plugin_config(&plugin);
+    let mut rig = Rig::start(&first);
+    assert_eq!(rig.ecds_stat("config_reload"), 1, "the first version");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Keep-alive connections: each has a stream open under the old root when the change lands.
+    let load = support::load::Load::start(&rt, rig.envoy.addr(), 500, 16);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut second = first.clone();
+    second["scope"] = json!({ "exclude_paths": ["/excluded/"] });
+    rig.update(&second);
+    assert_eq!(rig.ecds_stat("config_reload"), 2, "the change was taken");
+    std::thread::sleep(Duration::from_secs(1));
+    // New exchanges follow the new configuration.
+    let client = support::client::Client::new();
+    for i in 0..5 {
+        let resp = client.send(
+            rig.envoy.addr(),
+            &Req::get(&format!("/excluded/{i}")).header("x-request-id", format!("excluded-{i}")),
+        );
+        assert_eq!(resp.status, 200);
+    }
+    // And back, with the load still on.
+    rig.update(&first);
+    std::thread::sleep(Duration::from_secs(2));
+    let report = load.stop(&rt);
+    assert_eq!(report.failed, 0, "client errors: {:?}", report.failures);
+
+    let s = stats::wait_drained(&rig.envoy, EVENTUALLY);
+    let mirrored = i128::from(report.ok);
+    assert_eq!(s.get("exchanges_skipped_scope"), 5, "{s:?}");
+    assert_eq!(
+        s.get("records_captured"),
+        2 * mirrored,
+        "every exchange of the load captured, none of the excluded: {s:?}"
+    );
+    assert_eq!(s.dropped(), 0, "{s:?}");
+    assert_eq!(s.get("records_sent"), 2 * mirrored, "{s:?}");
+    let records = rig.node.records();
+    assert_eq!(records.len() as i128, 2 * mirrored, "records at the node");
+    let census = id_census(&records);
+    assert_eq!(census.len() as i128, mirrored);
+    assert!(
+        census.values().all(|c| *c == (1, 1)),
+        "every exchange paired"
+    );
+    assert!(!records.iter().any(|r| r
+        .path
+        .as_deref()
+        .is_some_and(|p| p.starts_with("/excluded/"))));
+    eprintln!(
+        "{} exchanges at 500/s over 16 keep-alive connections through two pluginConfig \
+         changes: {} records captured, {} delivered, none lost",
+        report.ok,
+        s.get("records_captured"),
+        records.len()
+    );
+}
+
+#[test]
+fn a_refused_configuration_leaves_the_old_one_mirroring() {
+    let plugin = wasmplugin();
+    let first = plugin_config(&plugin);
+    let mut rig = Rig::start(&first);
+    let client = support::client::Client::new();
+    let addr = rig.envoy.addr();
+    let send = |id: &str| {
+        let resp = client.send(
+            addr,
+            &Req::get(&format!("/{id}")).header("x-request-id", id),
+        );
+        assert_eq!(resp.status, 200, "{id}");
+    };
+    send("before");
+    let mut bad = first.clone();
+    bad["node"]["clustr"] = json!("typo");
+    rig.update(&bad);
+    send("after");
+    let records = support::records::wait_records(&rig.node, 4, EVENTUALLY);
+    // Both exchanges mirrored, whole: the old configuration mirrors on.
+    let mut paths: Vec<(String, bool)> = records
+        .iter()
+        .map(|r| {
+            let path = records
+                .iter()
+                .find(|q| q.id == r.id && q.is_request())
+                .and_then(|q| q.path.clone())
+                .unwrap_or_default();
+            (path, r.is_request())
+        })
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            ("/after".to_owned(), false),
+            ("/after".to_owned(), true),
+            ("/before".to_owned(), false),
+            ("/before".to_owned(), true)
+        ]
+    );
+    assert_eq!(rig.ecds_stat("config_fail"), 1, "Envoy refused the update");
+    let log = rig.envoy.log();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("invalid configuration") && l.contains("node.clustr"))
+        .collect();
+    assert!(
+        !refusals.is_empty(),
+        "no log line names the refused field:\n{log}"
+    );
+    eprintln!(
+        "refused update: config_fail {}, config_reload {}; the lines:\n{}",
+        rig.ecds_stat("config_fail"),
+        rig.ecds_stat("config_reload"),
+        refusals.join("\n")
+    );
+}
+
+/// A configuration the filter refuses on first load: what Envoy does with FAIL_OPEN.
+#[test]
+fn a_refused_first_configuration_is_what_envoy_says() {
+    let plugin = wasmplugin();
+    let mut bad = plugin_config(&plugin);
+    bad["node"]["clustr"] = json!("typo");
+    let rig = Rig::start(&bad);
+    let client = support::client::Client::new();
+    let resp = client.send(
+        rig.envoy.addr(),
+        &Req::get("/first").header("x-request-id", "first"),
+    );
+    let log = rig.envoy.log();
+    eprintln!(
+        "first load refused: answer {} {:?}; config_reload {}, config_fail {}",
+        resp.status,
+        resp.body_str(),
+        rig.ecds_stat("config_reload"),
+        rig.ecds_stat("config_fail"),
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("invalid configuration") && l.contains("node.clustr")),
+        "no log line names the refused field:\n{log}"
+    );
+    // Envoy refuses the discovered configuration ("Filesystem config update rejected: Unable to
+    // create Wasm plugin"), so the filter chain has an extension without a configuration and
+    // no default: Envoy rejects every stream with a 500 of its own, FAIL_OPEN or not (the
+    // failure policy is the plugin's, and there is no plugin).
+    assert_eq!(rig.ecds_stat("config_fail"), 1);
+    assert_eq!(resp.status, 500, "{}", resp.body_str());
+    assert_eq!(rig.node.record_count(), 0);
+}
