@@ -449,7 +449,7 @@ fn a_new_module_under_load_loses_at_most_what_the_old_vms_held() {
 fn drain_then_sigkill_loses_at_most_a_flush_interval() {
     let plugin = wasmplugin();
     let config = plugin_config(&plugin);
-    let mut rig = Rig::start(&config);
+    let rig = Rig::start(&config);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let load = support::load::Load::start(&rt, rig.envoy.addr(), 500, 16);
     std::thread::sleep(Duration::from_secs(2));
@@ -472,17 +472,21 @@ fn drain_then_sigkill_loses_at_most_a_flush_interval() {
     let report = load.stop(&rt);
     std::thread::sleep(Duration::from_millis(500));
     let delivered = rig.node.record_count() as i128;
-    let captured = last.get("records_captured");
+    // Each exchange a client saw answered had both its records captured before the kill.
+    let answered = 2 * i128::from(report.ok);
+    let lost = answered - delivered;
     eprintln!(
-        "drain then SIGKILL under 500/s: {} exchanges answered, {} client errors once the \
-         listeners closed; {captured} records captured by the last reading, {delivered} \
-         delivered, {} queued and {} in flight at that reading",
+        "drain then SIGKILL under 500/s: {} exchanges answered ({} client errors at the kill), \
+         {answered} of their records captured, {delivered} delivered: {lost} lost; at the last \
+         reading before the kill {} queued and {} in flight",
         report.ok,
         report.failed,
         last.get("queued_records"),
         last.get("inflight_records"),
     );
-    // The drain stopped new exchanges long before the kill: nothing was left to lose.
-    assert_eq!(delivered, captured, "{last:?}");
-    let _ = &mut rig;
+    // What the filter held at the kill: a flush interval (20 ms here) and the replies it waited
+    // for, at 500 exchanges a second, two records each. Below zero: the kill also cut answers
+    // whose records had gone to the node already (the clients' errors).
+    let cut = 2 * i128::from(report.failed);
+    assert!((-cut..=100).contains(&lost), "lost {lost}: {last:?}");
 }
