@@ -300,7 +300,7 @@ PROFILE_SHARDS    ?= 1
 PROFILE_FLAGS     ?=
 
 .PHONY: profile
-profile: setup wasm
+profile: setup wasm extproc-sink
 	@bash tools/ensure_packages.sh valgrind
 	$(CARGO) build --release --target $(WASM_TARGET) --manifest-path '$(EMPTY_FILTER_DIR)/Cargo.toml' \
 	  --target-dir '$(EMPTY_FILTER_DIR)/target'
@@ -313,7 +313,8 @@ profile: setup wasm
 	@echo "profile: Envoy, one worker, under callgrind"
 	'$(PYTHON)' tools/profile/envoy_instructions.py --envoy '$(ENVOY_BIN)' --module '$(WASM_OUT)' \
 	  --empty-module '$(EMPTY_FILTER_WASM)' --requests $(PROFILE_REQUESTS) \
-	  --shards '$(PROFILE_SHARDS)' $(PROFILE_FLAGS)
+	  --shards '$(PROFILE_SHARDS)' --extproc-sink '$(EXTPROC_SINK)' \
+	  $(PROFILE_FLAGS)
 
 # --- fuzzing (tools/fuzz) and the core's unit tests on wasm32 -----------------------------------
 # `make fuzz-smoke`: each cargo-fuzz target for FUZZ_SECONDS from the committed corpus; fails on

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Instructions Envoy executes per exchange, counted by callgrind: no filter, an empty
-Proxy-Wasm filter and oob-mirror, for a GET and a 1 KiB POST.
+Proxy-Wasm filter and oob-mirror, for a GET and a 1 KiB POST; with ``--extproc-sink``, also
+oob-mirror in ext_proc mode and Envoy's own ext_proc filter in observability mode, both
+streaming to that gRPC processor (tools/extproc-sink).
 
 Wall-clock benchmarks on a shared 2-core machine move by several percent from run to run;
 callgrind's instruction counts repeat within a fraction of a percent, so they are what an
@@ -91,9 +93,33 @@ def peers_bootstrap(upstream_port, node_port):
     }
 
 
-def proxy_bootstrap(port, upstream_port, node_port, module):
+# Envoy's own ext_proc filter as the bench runs it (tools/bench/cases/ext-proc.yaml).
+ENVOY_EXT_PROC = {
+    "name": "envoy.filters.http.ext_proc",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "node"}},
+        "observability_mode": True,
+        "failure_mode_allow": True,
+        "processing_mode": {
+            "request_header_mode": "SEND", "response_header_mode": "SEND",
+            "request_body_mode": "STREAMED", "response_body_mode": "STREAMED",
+            "request_trailer_mode": "SKIP", "response_trailer_mode": "SKIP",
+        },
+    },
+}
+
+
+def proxy_bootstrap(port, upstream_port, node_port, module, protocol="batch"):
+    """`module` None: no filter; "envoy-ext-proc": Envoy's own ext_proc; else the module,
+    mirroring by `protocol`. The ext_proc cases' node cluster speaks HTTP/2 (gRPC)."""
     filters = []
-    if module:
+    plugin_config = dict(PLUGIN_CONFIG, node=dict(PLUGIN_CONFIG["node"]))
+    if protocol == "ext_proc":
+        plugin_config["node"]["protocol"] = "ext_proc"
+    if module == "envoy-ext-proc":
+        filters.append(ENVOY_EXT_PROC)
+    elif module:
         filters.append({
             "name": "envoy.filters.http.wasm",
             "typed_config": {
@@ -104,16 +130,24 @@ def proxy_bootstrap(port, upstream_port, node_port, module):
                     "failure_policy": "FAIL_OPEN",
                     "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": module}}},
                     "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                      "value": json.dumps(PLUGIN_CONFIG)},
+                                      "value": json.dumps(plugin_config)},
                 },
             },
         })
     routes = [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+    node = cluster("node", node_port)
+    if protocol == "ext_proc" or module == "envoy-ext-proc":
+        node["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": [listener("proxy", port, routes, filters)],
-            "clusters": [cluster("upstream", upstream_port), cluster("node", node_port)],
+            "clusters": [cluster("upstream", upstream_port), node],
         },
     }
 
@@ -187,15 +221,36 @@ def counted(workdir, pid, action):
     sys.exit("callgrind wrote no dump")
 
 
-def measure(args, parent, module, body):
+def start_extproc_sink(sink, workdir):
+    """The gRPC processor of the ext_proc cases, on a free port; returns (process, port)."""
+    port = free_port()
+    log_path = os.path.join(workdir, "extproc-sink.log")
+    proc = start([sink, "--listen", f"127.0.0.1:{port}"], log_path)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    stop(proc)
+    sys.exit(f"extproc-sink did not listen on {port}: see {log_path}")
+
+
+def measure(args, parent, module, body, protocol="batch"):
     workdir = tempfile.mkdtemp(dir=parent)  # callgrind numbers its dumps per process
     upstream_port, node_port, port = free_port(), free_port(), free_port()
+    grpc = protocol == "ext_proc" or module == "envoy-ext-proc"
+    sink = None
+    if grpc:
+        sink, node_port = start_extproc_sink(args.extproc_sink, workdir)
     peers_cfg = os.path.join(workdir, "peers.json")
     with open(peers_cfg, "w") as f:
-        json.dump(peers_bootstrap(upstream_port, node_port), f)
+        json.dump(peers_bootstrap(upstream_port, free_port() if grpc else node_port), f)
     proxy_cfg = os.path.join(workdir, "proxy.json")
     with open(proxy_cfg, "w") as f:
-        json.dump(proxy_bootstrap(port, upstream_port, node_port, module), f)
+        json.dump(proxy_bootstrap(port, upstream_port, node_port, module, protocol), f)
     peers_log, proxy_log = os.path.join(workdir, "peers.log"), os.path.join(workdir, "proxy.log")
     peers = start([args.envoy, "-c", peers_cfg, "--disable-hot-restart", "--concurrency", "1",
                    "-l", "error"], peers_log)
@@ -218,6 +273,8 @@ def measure(args, parent, module, body):
         if proxy:
             stop(proxy)
         stop(peers)
+        if sink:
+            stop(sink)
 
 
 def main():
@@ -230,26 +287,34 @@ def main():
     parser.add_argument("--shards", type=int, default=1, help="the filter's node.shards")
     parser.add_argument("--only-filter", action="store_true",
                         help="measure oob-mirror alone (no baseline cases)")
+    parser.add_argument("--extproc-sink",
+                        help="tools/extproc-sink binary: adds the ext_proc cases")
     args = parser.parse_args()
     if args.shards != 1:
         PLUGIN_CONFIG["node"]["shards"] = args.shards
     print(f"  plugin configuration: {json.dumps(PLUGIN_CONFIG)}", flush=True)
-    cases = [("no filter", None), ("empty Proxy-Wasm filter", os.path.abspath(args.empty_module)),
-             ("oob-mirror", os.path.abspath(args.module))]
+    module = os.path.abspath(args.module)
+    cases = [("no filter", None, "batch"),
+             ("empty Proxy-Wasm filter", os.path.abspath(args.empty_module), "batch"),
+             ("oob-mirror", module, "batch")]
     if args.only_filter:
         cases = cases[-1:]
+    if args.extproc_sink:
+        cases += [("oob-mirror, ext_proc", module, "ext_proc")]
+        if not args.only_filter:
+            cases += [("Envoy's own ext_proc", "envoy-ext-proc", "batch")]
     payloads = [("GET", b""), ("POST 1 KiB", b"x" * 1024)]
     results = {}
     with tempfile.TemporaryDirectory(prefix="oob-mirror-profile-") as workdir:
         for payload, body in payloads:
-            for case, module in cases:
-                results[(case, payload)] = measure(args, workdir, module, body)
+            for case, module, protocol in cases:
+                results[(case, payload)] = measure(args, workdir, module, body, protocol)
                 print(f"  {case:<24} {payload:<10} {results[(case, payload)] / 1000:8.1f} k instructions/exchange",
                       flush=True)
     print()
     print("| case | " + " | ".join(f"{p}: k instr. | ratio" for p, _ in payloads) + " |")
     print("| --- | " + " | ".join("---: | ---:" for _ in payloads) + " |")
-    for case, _ in cases:
+    for case, _, _ in cases:
         cells = []
         for payload, _ in payloads:
             value = results[(case, payload)]
