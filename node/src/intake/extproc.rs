@@ -3,10 +3,14 @@
 //! observability mode) assembled into one [`Exchange`].
 //!
 //! The stream's request body is a sequence of gRPC frames, each one
-//! `ProcessingRequest`; only the fields an exchange needs are read, by a small
-//! protobuf reader (the node has no generated code).
+//! `ProcessingRequest`, decoded by prost into `envoy-types`' generated messages.
 
 use crate::pairing::{Exchange, Headers, ResponsePart};
+use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
+use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest;
+use envoy_types::pb::google::protobuf::{value::Kind, Struct};
+use prost::Message;
 
 pub const PROCESS_PATH: &str = "/envoy.service.ext_proc.v3.ExternalProcessor/Process";
 
@@ -69,62 +73,58 @@ impl ExtProcStream {
     }
 
     fn apply(&mut self, msg: &[u8]) -> Result<(), String> {
-        let mut r = Reader::new(msg);
-        // Where this message's values to redact are: its part, and the spans the filter sent.
-        let mut chunk: Option<&[u8]> = None;
-        let mut part = 0;
+        let msg = ProcessingRequest::decode(msg).map_err(|e| format!("ProcessingRequest: {e}"))?;
+        // oob-mirror's values to redact are in this message's part: its headers or body chunk.
         let mut marks: Option<String> = None;
-        while let Some((field, value)) = r.field()? {
-            if let (2..=5, Value::Bytes(_)) = (field, &value) {
-                part = field;
-            }
-            match (field, value) {
-                (2, Value::Bytes(b)) => {
-                    let (headers, _) = http_headers(b)?;
-                    self.request_headers(headers);
-                }
-                (3, Value::Bytes(b)) => {
-                    let (headers, eos) = http_headers(b)?;
-                    let resp = self
-                        .exchange
-                        .response
-                        .get_or_insert_with(ResponsePart::default);
-                    for (name, value) in &headers {
-                        if name.as_slice() == b":status" {
-                            resp.status = String::from_utf8_lossy(value).parse().unwrap_or(0);
-                        }
-                    }
-                    resp.headers = headers;
-                    self.ended |= eos;
-                }
-                (4, Value::Bytes(b)) => {
-                    let (body, _) = http_body(b)?;
-                    chunk = Some(body);
-                    let max = self.max_body;
-                    append(&mut self.exchange.request_body, body, max);
-                }
-                (5, Value::Bytes(b)) => {
-                    let (body, eos) = http_body(b)?;
-                    chunk = Some(body);
-                    let max = self.max_body;
-                    let resp = self
-                        .exchange
-                        .response
-                        .get_or_insert_with(ResponsePart::default);
-                    append(&mut resp.body, body, max);
-                    self.ended |= eos;
-                }
-                (7, Value::Bytes(_)) => self.ended = true,
-                (9, Value::Bytes(b)) => {
-                    if let Some(text) = self.attributes(b)? {
-                        marks = Some(text);
-                    }
-                }
-                _ => {}
+        for (namespace, fields) in &msg.attributes {
+            if let Some(text) = self.attributes(namespace, fields) {
+                marks = Some(text);
             }
         }
+        let (part, chunk) = match msg.request {
+            Some(Request::RequestHeaders(h)) => {
+                self.request_headers(headers(h.headers));
+                (2, None)
+            }
+            Some(Request::ResponseHeaders(h)) => {
+                let resp = self
+                    .exchange
+                    .response
+                    .get_or_insert_with(ResponsePart::default);
+                let list = headers(h.headers);
+                for (name, value) in &list {
+                    if name.as_slice() == b":status" {
+                        resp.status = String::from_utf8_lossy(value).parse().unwrap_or(0);
+                    }
+                }
+                resp.headers = list;
+                self.ended |= h.end_of_stream;
+                (3, None)
+            }
+            Some(Request::RequestBody(b)) => {
+                let max = self.max_body;
+                append(&mut self.exchange.request_body, &b.body, max);
+                (4, Some(b.body))
+            }
+            Some(Request::ResponseBody(b)) => {
+                let max = self.max_body;
+                let resp = self
+                    .exchange
+                    .response
+                    .get_or_insert_with(ResponsePart::default);
+                append(&mut resp.body, &b.body, max);
+                self.ended |= b.end_of_stream;
+                (5, Some(b.body))
+            }
+            Some(Request::ResponseTrailers(_)) => {
+                self.ended = true;
+                (7, None)
+            }
+            Some(Request::RequestTrailers(_)) => (6, None),
+            None => (0, None),
+        };
         if let Some(text) = marks {
-            self.marks(part, chunk, &text)?;
+            self.marks(part, chunk.as_deref(), &text)?;
         }
         Ok(())
     }
@@ -183,48 +183,53 @@ impl ExtProcStream {
         ex.request_headers = headers;
     }
 
-    /// `attributes`: map<string, Struct>; one entry per namespace. Envoy's attributes are
-    /// read into the exchange; oob-mirror's `redact_at_node` (namespace `oob-mirror`) is
-    /// returned.
-    fn attributes(&mut self, entry: &[u8]) -> Result<Option<String>, String> {
-        let mut r = Reader::new(entry);
-        let mut namespace = String::new();
+    /// One `attributes` entry (a namespace and its Struct). Envoy's attributes are read into
+    /// the exchange; oob-mirror's `redact_at_node` (namespace `oob-mirror`) is returned.
+    fn attributes(&mut self, namespace: &str, fields: &Struct) -> Option<String> {
         let mut marks = None;
-        while let Some((field, value)) = r.field()? {
-            if let (1, Value::Bytes(name)) = (field, &value) {
-                namespace = String::from_utf8_lossy(name).into_owned();
+        for (name, value) in &fields.fields {
+            let Some(Kind::StringValue(text)) = &value.kind else {
+                continue;
+            };
+            let ex = &mut self.exchange;
+            if namespace == "oob-mirror" {
+                if name == "redact_at_node" {
+                    marks = Some(text.clone());
+                }
+                continue;
             }
-            if let (2, Value::Bytes(st)) = (field, value) {
-                // Struct { map<string, Value> fields = 1 }
-                let mut s = Reader::new(st);
-                while let Some((f, v)) = s.field()? {
-                    if let (1, Value::Bytes(kv)) = (f, v) {
-                        let (name, text) = string_entry(kv)?;
-                        let ex = &mut self.exchange;
-                        if namespace == "oob-mirror" {
-                            if name == "redact_at_node" {
-                                marks = text;
-                            }
-                            continue;
-                        }
-                        match (name.as_str(), text) {
-                            ("source.address", Some(t)) => ex.source = Some(t),
-                            ("destination.address", Some(t)) => ex.destination = Some(t),
-                            ("request.protocol", Some(t)) => ex.protocol = Some(t),
-                            ("request.id", Some(t)) => ex.id = t,
-                            ("request.time", Some(t)) => {
-                                if let Some(ns) = parse_rfc3339_utc(&t) {
-                                    ex.ts_ns = ns;
-                                }
-                            }
-                            _ => {}
-                        }
+            match name.as_str() {
+                "source.address" => ex.source = Some(text.clone()),
+                "destination.address" => ex.destination = Some(text.clone()),
+                "request.protocol" => ex.protocol = Some(text.clone()),
+                "request.id" => ex.id = text.clone(),
+                "request.time" => {
+                    if let Some(ns) = parse_rfc3339_utc(text) {
+                        ex.ts_ns = ns;
                     }
                 }
+                _ => {}
             }
         }
-        Ok(marks)
+        marks
     }
+}
+
+/// A header map's pairs in order, each value its `raw_value` (Envoy sends the bytes there)
+/// or else its `value`.
+fn headers(map: Option<HeaderMap>) -> Headers {
+    map.map(|m| m.headers)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| {
+            let value = if h.raw_value.is_empty() {
+                h.value.into_bytes()
+            } else {
+                h.raw_value
+            };
+            (h.key.into_bytes(), value)
+        })
+        .collect()
 }
 
 /// `2026-12-01T20:52:11.214Z` (as Envoy prints `request.time`) → Unix ns.
@@ -266,140 +271,6 @@ fn append(body: &mut Vec<u8>, chunk: &[u8], max: usize) {
 }
 
 /// HttpHeaders { HeaderMap headers = 1; bool end_of_stream = 3; }
-fn http_headers(b: &[u8]) -> Result<(Headers, bool), String> {
-    let mut headers = Vec::new();
-    let mut eos = false;
-    let mut r = Reader::new(b);
-    while let Some((field, value)) = r.field()? {
-        match (field, value) {
-            (1, Value::Bytes(map)) => {
-                // HeaderMap { repeated HeaderValue headers = 1; }
-                let mut m = Reader::new(map);
-                while let Some((f, v)) = m.field()? {
-                    if let (1, Value::Bytes(hv)) = (f, v) {
-                        headers.push(header_value(hv)?);
-                    }
-                }
-            }
-            (3, Value::Varint(v)) => eos = v != 0,
-            _ => {}
-        }
-    }
-    Ok((headers, eos))
-}
-
-/// HeaderValue { string key = 1; string value = 2; bytes raw_value = 3; }
-fn header_value(b: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let (mut key, mut value, mut raw) = (Vec::new(), None, None);
-    let mut r = Reader::new(b);
-    while let Some((field, v)) = r.field()? {
-        match (field, v) {
-            (1, Value::Bytes(k)) => key = k.to_vec(),
-            (2, Value::Bytes(v)) => value = Some(v.to_vec()),
-            (3, Value::Bytes(v)) => raw = Some(v.to_vec()),
-            _ => {}
-        }
-    }
-    Ok((key, raw.or(value).unwrap_or_default()))
-}
-
-/// HttpBody { bytes body = 1; bool end_of_stream = 2; }
-fn http_body(b: &[u8]) -> Result<(&[u8], bool), String> {
-    let (mut body, mut eos): (&[u8], bool) = (&[], false);
-    let mut r = Reader::new(b);
-    while let Some((field, v)) = r.field()? {
-        match (field, v) {
-            (1, Value::Bytes(data)) => body = data,
-            (2, Value::Varint(v)) => eos = v != 0,
-            _ => {}
-        }
-    }
-    Ok((body, eos))
-}
-
-/// A `map<string, google.protobuf.Value>` entry: the key, and the value when
-/// it is a string (`string_value = 3`).
-fn string_entry(b: &[u8]) -> Result<(String, Option<String>), String> {
-    let (mut key, mut text) = (String::new(), None);
-    let mut r = Reader::new(b);
-    while let Some((field, v)) = r.field()? {
-        match (field, v) {
-            (1, Value::Bytes(k)) => key = String::from_utf8_lossy(k).into_owned(),
-            (2, Value::Bytes(value)) => {
-                let mut vr = Reader::new(value);
-                while let Some((f, vv)) = vr.field()? {
-                    if let (3, Value::Bytes(s)) = (f, vv) {
-                        text = Some(String::from_utf8_lossy(s).into_owned());
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok((key, text))
-}
-
-enum Value<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-    Fixed,
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Reader<'a> {
-        Reader { buf, pos: 0 }
-    }
-
-    fn varint(&mut self) -> Result<u64, String> {
-        let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = *self.buf.get(self.pos).ok_or("truncated varint")?;
-            self.pos += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err("varint too long".into())
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).ok_or("length overflow")?;
-        let s = self.buf.get(self.pos..end).ok_or("truncated field")?;
-        self.pos = end;
-        Ok(s)
-    }
-
-    fn field(&mut self) -> Result<Option<(u64, Value<'a>)>, String> {
-        if self.pos >= self.buf.len() {
-            return Ok(None);
-        }
-        let key = self.varint()?;
-        let value = match key & 7 {
-            0 => Value::Varint(self.varint()?),
-            1 => {
-                self.take(8)?;
-                Value::Fixed
-            }
-            2 => {
-                let len = usize::try_from(self.varint()?).map_err(|_| "length overflow")?;
-                Value::Bytes(self.take(len)?)
-            }
-            5 => {
-                self.take(4)?;
-                Value::Fixed
-            }
-            t => return Err(format!("unsupported wire type {t}")),
-        };
-        Ok(Some((key >> 3, value)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
