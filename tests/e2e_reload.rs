@@ -35,6 +35,8 @@ use support::{stats, Envoy, EnvoyConfig, Upstream, EVENTUALLY};
 
 /// The filter's name as Istio gives it: the WasmPlugin's namespace and name.
 const FILTER_NAME: &str = "istio-system.oob-mirror";
+/// From Istio 1.30 a WasmPlugin is translated to a TrafficExtension of this name.
+const TRANSLATED_NAME: &str = "istio-system.oob-mirror~istio-translated-wasmplugin";
 
 /// A JSON value as golang/protobuf's jsonpb writes it for a `google.protobuf.Struct`.
 fn jsonpb(v: &Value) -> String {
@@ -87,6 +89,10 @@ fn wasmplugin() -> Value {
 /// The Wasm filter configuration istiod makes of the WasmPlugin, for this module, with
 /// `plugin_config` for its `pluginConfig`.
 fn istio_wasm(plugin: &Value, module: &Path, plugin_config: &Value) -> Value {
+    istio_wasm_named(FILTER_NAME, plugin, module, plugin_config)
+}
+
+fn istio_wasm_named(name: &str, plugin: &Value, module: &Path, plugin_config: &Value) -> Value {
     let spec = &plugin["spec"];
     let host_env_keys: Vec<&str> = spec["vmConfig"]["env"]
         .as_array()
@@ -99,7 +105,7 @@ fn istio_wasm(plugin: &Value, module: &Path, plugin_config: &Value) -> Value {
     json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
         "config": {
-            "name": FILTER_NAME,
+            "name": name,
             "root_id": spec["pluginName"],
             "vm_config": {
                 "runtime": "envoy.wasm.runtime.v8",
@@ -124,6 +130,7 @@ fn plugin_config(plugin: &Value) -> Value {
 }
 
 struct Rig {
+    name: &'static str,
     envoy: Envoy,
     node: support::records::Node,
     _upstream: Upstream,
@@ -134,23 +141,28 @@ struct Rig {
 
 impl Rig {
     fn start(config: &Value) -> Rig {
+        Rig::start_named(FILTER_NAME, config)
+    }
+
+    fn start_named(name: &'static str, config: &Value) -> Rig {
         let upstream = Upstream::start();
         let node = start_node();
         let dir = TempDir::new("ecds");
         let plugin = wasmplugin();
         write_ecds(
             dir.path(),
-            FILTER_NAME,
+            name,
             1,
-            &istio_wasm(&plugin, &wasm_module(), config),
+            &istio_wasm_named(name, &plugin, &wasm_module(), config),
         );
         let mut envoy_config = EnvoyConfig::new(upstream.port(), node.port());
         envoy_config.filter = Filter::Ecds {
-            name: FILTER_NAME.to_owned(),
+            name: name.to_owned(),
             dir: dir.path().to_owned(),
         };
         let envoy = Envoy::start(&envoy_config);
         Rig {
+            name,
             envoy,
             node,
             _upstream: upstream,
@@ -166,9 +178,9 @@ impl Rig {
         self.version += 1;
         write_ecds(
             self.dir.path(),
-            FILTER_NAME,
+            self.name,
             self.version,
-            &istio_wasm(&self.plugin, &wasm_module(), config),
+            &istio_wasm_named(self.name, &self.plugin, &wasm_module(), config),
         );
         let took = poll_until(EVENTUALLY, || (self.ecds_updates() > before).then_some(()));
         assert!(
@@ -182,7 +194,10 @@ impl Rig {
     fn ecds_stat(&self, what: &str) -> i128 {
         stats::envoy_stat(
             &self.envoy,
-            &format!("extension_config_discovery.http_filter.{FILTER_NAME}.{what}"),
+            &format!(
+                "extension_config_discovery.http_filter.{}.{what}",
+                self.name
+            ),
         )
     }
 
@@ -489,4 +504,31 @@ fn drain_then_sigkill_loses_at_most_a_flush_interval() {
     // whose records had gone to the node already (the clients' errors).
     let cut = 2 * i128::from(report.failed);
     assert!((-cut..=100).contains(&lost), "lost {lost}: {last:?}");
+}
+
+/// Istio 1.30's TrafficExtension name for a translated WasmPlugin: the same delivery, the same
+/// lossless change.
+#[test]
+fn the_istio_1_30_translated_name_changes_losslessly_too() {
+    let plugin = wasmplugin();
+    let first = plugin_config(&plugin);
+    let mut rig = Rig::start_named(TRANSLATED_NAME, &first);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let load = support::load::Load::start(&rt, rig.envoy.addr(), 300, 8);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut second = first.clone();
+    second["scope"] = json!({ "exclude_paths": ["/excluded/"] });
+    rig.update(&second);
+    assert_eq!(rig.ecds_stat("config_reload"), 2, "the change was taken");
+    std::thread::sleep(Duration::from_secs(1));
+    let report = load.stop(&rt);
+    assert_eq!(report.failed, 0, "client errors: {:?}", report.failures);
+    let s = stats::wait_drained(&rig.envoy, EVENTUALLY);
+    assert_eq!(
+        s.get("records_captured"),
+        2 * i128::from(report.ok),
+        "{s:?}"
+    );
+    assert_eq!(s.dropped(), 0, "{s:?}");
+    assert_eq!(rig.node.record_count() as i128, 2 * i128::from(report.ok));
 }
