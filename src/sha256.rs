@@ -22,7 +22,6 @@ impl Hmac {
     pub fn new(key: &[u8]) -> Hmac {
         // HMAC takes a key of any length (a long one is hashed first): this cannot fail.
         let keyed = HmacSha256::new_from_slice(key)
-            .or_else(|_| HmacSha256::new_from_slice(&[]))
             .unwrap_or_else(|_| HmacSha256::new(&Default::default()));
         Hmac { keyed }
     }

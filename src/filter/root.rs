@@ -75,26 +75,52 @@ impl MirrorRoot {
         if now_ms() < until {
             return false;
         }
-        if let Some(Ok(w)) = self.worker.as_ref().map(|w| w.try_borrow()) {
-            let gauges = w.shipper.gauges();
-            log::warn!(
-                "oob-mirror: configuration replaced: {} ms later, {} records queued, {} in \
-                 flight and {} ext_proc streams open are given up (counted in \
-                 queued_records, inflight_records and extproc_streams_active)",
-                DRAIN_MS,
-                gauges.queued_records,
-                gauges.inflight_records,
-                w.streams.active()
-            );
-        }
+        log::warn!(
+            "oob-mirror: configuration replaced: {DRAIN_MS} ms later, {} are given up \
+             (counted in queued_records, inflight_records and extproc_streams_active)",
+            self.held()
+        );
         true
     }
 
-    /// Ends a draining root once [`Self::drained`].
-    fn finish_drain(&mut self) {
-        if self.drained() {
+    /// What this root still holds, for a log line: records queued and in flight, streams open.
+    fn held(&self) -> String {
+        match self.worker.as_ref().map(|w| w.try_borrow()) {
+            Some(Ok(w)) => {
+                let gauges = w.shipper.gauges();
+                format!(
+                    "{} records queued, {} in flight and {} ext_proc streams open",
+                    gauges.queued_records,
+                    gauges.inflight_records,
+                    w.streams.active()
+                )
+            }
+            _ => "nothing".to_owned(),
+        }
+    }
+
+    /// Ends the drain once [`Self::drained`]; true then.
+    fn end_drain_if_drained(&mut self) -> bool {
+        let done = self.drained();
+        if done {
             self.drain_until_ms = None;
+        }
+        done
+    }
+
+    /// A draining root that has shipped everything tells Envoy it is done. Nothing while
+    /// not draining.
+    fn finish_drain(&mut self) {
+        if self.end_drain_if_drained() {
             let _ = hostcalls::done();
+        }
+    }
+
+    /// Sends what is due by the configured transport.
+    fn send(&mut self) {
+        match self.protocol {
+            Protocol::Batch => self.ship(),
+            Protocol::ExtProc => self.flush_streams(),
         }
     }
 
@@ -258,9 +284,7 @@ impl Context for MirrorRoot {
         }
         // A returning batch frees an in-flight slot: use it now rather than at the next tick.
         self.ship();
-        if self.drain_until_ms.is_some() {
-            self.finish_drain();
-        }
+        self.finish_drain();
     }
 
     fn on_grpc_stream_close(&mut self, token_id: u32, status_code: u32) {
@@ -269,9 +293,7 @@ impl Context for MirrorRoot {
                 worker.streams.closed(token_id, status_code, now_ms());
             }
         }
-        if self.drain_until_ms.is_some() {
-            self.finish_drain();
-        }
+        self.finish_drain();
     }
 
     /// A `pluginConfig` change: Envoy keeps the VM, makes a new root context for the new
@@ -286,26 +308,16 @@ impl Context for MirrorRoot {
         self.drain_until_ms = Some(now_ms().saturating_add(DRAIN_MS));
         if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
             w.shipper.flush_all();
-            let gauges = w.shipper.gauges();
-            // A new module destroys this VM with what it holds, without another call: this
-            // line is all that says what was at stake then.
-            log::info!(
-                "oob-mirror: configuration replaced: shipping what this one holds ({} records \
-                 queued, {} in flight, {} ext_proc streams open) before it goes",
-                gauges.queued_records,
-                gauges.inflight_records,
-                w.streams.active()
-            );
         }
-        match self.protocol {
-            Protocol::Batch => self.ship(),
-            Protocol::ExtProc => self.flush_streams(),
-        }
-        let done = self.drained();
-        if done {
-            self.drain_until_ms = None;
-        }
-        done
+        // A new module destroys this VM with what it holds, without another call: this line
+        // is all that says what was at stake then.
+        log::info!(
+            "oob-mirror: configuration replaced: shipping what this one holds ({}) before it \
+             goes",
+            self.held()
+        );
+        self.send();
+        self.end_drain_if_drained()
     }
 }
 
@@ -385,15 +397,10 @@ impl RootContext for MirrorRoot {
     }
 
     fn on_tick(&mut self) {
-        match self.protocol {
-            Protocol::Batch => self.ship(),
-            Protocol::ExtProc => self.flush_streams(),
-        }
+        self.send();
         self.publish();
         self.write_log();
-        if self.drain_until_ms.is_some() {
-            self.finish_drain();
-        }
+        self.finish_drain();
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {

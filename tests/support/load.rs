@@ -140,7 +140,8 @@ fn request(c: u32, i: u64) -> Req {
     }
 }
 
-fn check(req: &Req, resp: &Resp) -> Result<(), String> {
+/// The answer is the upstream's own echo of `req`: status 200, its path and its body.
+pub fn check(req: &Req, resp: &Resp) -> Result<(), String> {
     if resp.status != 200 || resp.header("x-upstream").as_deref() != Some("test") {
         return Err(format!(
             "{} {}: status {} {:?}",

@@ -270,7 +270,6 @@ fn append(body: &mut Vec<u8>, chunk: &[u8], max: usize) {
     body.extend_from_slice(chunk.get(..chunk.len().min(room)).unwrap_or_default());
 }
 
-/// HttpHeaders { HeaderMap headers = 1; bool end_of_stream = 3; }
 #[cfg(test)]
 mod tests {
     use super::*;
