@@ -1,7 +1,7 @@
 //! Msgpack encoding of records per docs/wire-format.md, written straight into a caller's
 //! reused buffer (no intermediate value tree).
 
-use crate::record::{RequestRecord, ResponseRecord};
+use crate::record::{HeaderList, RequestRecord, ResponseRecord};
 use crate::redact::Mark;
 
 pub const WIRE_VERSION: u64 = 1;
@@ -19,12 +19,8 @@ fn len32(len: usize) -> u32 {
 
 /// Room a header list takes at most: per pair a 1-byte array marker and two 5-byte length
 /// prefixes around the bytes themselves.
-fn headers_room(headers: &[(String, Vec<u8>)]) -> usize {
-    headers
-        .iter()
-        .map(|(name, value)| 11 + name.len() + value.len())
-        .sum::<usize>()
-        + 5
+fn headers_room(headers: &HeaderList) -> usize {
+    11 * headers.len() + headers.content_len() + 5
 }
 
 impl Writer<'_> {
@@ -78,12 +74,14 @@ impl Writer<'_> {
     }
 
     /// `[[name, value], …]`; a value is a str when it is valid UTF-8, a bin otherwise.
-    fn headers_field(&mut self, key: &str, headers: &[(String, Vec<u8>)]) {
+    fn headers_field(&mut self, key: &str, headers: &HeaderList) {
         self.key(key);
         self.array(len32(headers.len()));
-        for (name, value) in headers {
+        for (name, value) in headers.iter_bytes() {
             self.array(2);
-            self.str(name);
+            // Names are valid UTF-8 (HeaderList checks them once) and short.
+            let _ = rmp::encode::write_str_len(self.0, len32(name.len()));
+            self.0.extend_from_slice(name);
             match std::str::from_utf8(value) {
                 Ok(text) => self.str(text),
                 Err(_) => self.bin(value),
@@ -261,12 +259,12 @@ mod tests {
             source: "127.0.0.1:5555".into(),
             destination: "127.0.0.1:10000".into(),
             tls: false,
-            headers: vec![
-                ("x-dup".into(), b"1".to_vec()),
-                ("x-dup".into(), b"2".to_vec()),
-                ("x-bin".into(), vec![0xff, 0xfe]),
-            ],
-            trailers: vec![],
+            headers: HeaderList::from(vec![
+                ("x-dup", &b"1"[..]),
+                ("x-dup", b"2"),
+                ("x-bin", &[0xff, 0xfe]),
+            ]),
+            trailers: HeaderList::new(),
             body,
             complete: true,
         }
@@ -338,8 +336,8 @@ mod tests {
             ts_ns: 5,
             status: 503,
             details: "no_healthy_upstream".into(),
-            headers: vec![("content-length".into(), b"2".to_vec())],
-            trailers: vec![("x-checksum".into(), b"abc".to_vec())],
+            headers: HeaderList::from(vec![("content-length", "2")]),
+            trailers: HeaderList::from(vec![("x-checksum", "abc")]),
             body,
             complete: true,
             duration_us: 1234,

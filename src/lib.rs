@@ -14,6 +14,7 @@ pub mod connection_facts;
 pub mod encode;
 pub mod extproc;
 pub mod failure_log;
+pub mod headers;
 pub mod json;
 pub mod record;
 pub mod redact;

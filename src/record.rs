@@ -2,8 +2,7 @@
 
 use crate::body::BodyCapture;
 
-/// Header or trailer fields in arrival order, duplicates kept, values as raw bytes.
-pub type HeaderList = Vec<(String, Vec<u8>)>;
+pub use crate::headers::HeaderList;
 
 /// The request half of an exchange (`kind = "request"`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -36,46 +35,4 @@ pub struct ResponseRecord {
     pub body: BodyCapture,
     pub complete: bool,
     pub duration_us: u64,
-}
-
-/// Splits a header map as the host hands it over into the pseudo-headers the record keeps
-/// as fields and the regular headers it keeps as a list.
-pub fn split_pseudo_headers(all: Vec<(String, Vec<u8>)>) -> (HeaderList, HeaderList) {
-    all.into_iter().partition(|(name, _)| name.starts_with(':'))
-}
-
-/// The value of a pseudo-header (or any header) as text; lossless for valid UTF-8.
-pub fn header_text(headers: &[(String, Vec<u8>)], name: &str) -> Option<String> {
-    headers
-        .iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    fn pair(name: &str, value: &[u8]) -> (String, Vec<u8>) {
-        (name.to_owned(), value.to_vec())
-    }
-
-    #[test]
-    fn pseudo_headers_are_split_off_in_order() {
-        let (pseudo, regular) = split_pseudo_headers(vec![
-            pair(":method", b"GET"),
-            pair("x-dup", b"1"),
-            pair(":path", b"/a?b"),
-            pair("x-dup", b"2"),
-        ]);
-        assert_eq!(
-            pseudo,
-            vec![pair(":method", b"GET"), pair(":path", b"/a?b")]
-        );
-        assert_eq!(regular, vec![pair("x-dup", b"1"), pair("x-dup", b"2")]);
-        assert_eq!(header_text(&pseudo, ":path").as_deref(), Some("/a?b"));
-        assert_eq!(header_text(&pseudo, ":scheme"), None);
-    }
 }

@@ -189,15 +189,27 @@ impl Redactor {
     pub fn headers(&self, list: &mut HeaderList) -> Vec<(u32, Span)> {
         let mut marks = Vec::new();
         let mut spans = Vec::new();
-        for (i, (name, value)) in list.iter_mut().enumerate() {
-            if self.headers.iter().any(|n| name.eq_ignore_ascii_case(n)) {
-                *value = match self.mode {
-                    RedactMode::Gateway => self.header_value(name, value),
-                    RedactMode::Node => self.header_in_node_mode(name, value, &mut spans),
-                };
+        let mut replaced = Vec::new();
+        for (i, (name, value)) in list.iter_bytes().enumerate() {
+            if self
+                .headers
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+            {
+                let name = std::str::from_utf8(name).unwrap_or_default();
+                replaced.push((
+                    i,
+                    match self.mode {
+                        RedactMode::Gateway => self.header_value(name, value),
+                        RedactMode::Node => self.header_in_node_mode(name, value, &mut spans),
+                    },
+                ));
                 let index = u32::try_from(i).unwrap_or(u32::MAX);
                 marks.extend(spans.drain(..).map(|span| (index, span)));
             }
+        }
+        for (i, value) in replaced {
+            list.set_value(i, &value);
         }
         marks
     }
@@ -322,12 +334,7 @@ impl Redactor {
     /// What the body under these headers is, for redaction, and whether it is sent with a
     /// `content-encoding` (then it cannot be read here).
     pub fn body_of(headers: &HeaderList) -> (Option<BodyKind>, bool) {
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_slice())
-        };
+        let header = |name: &str| headers.get_ignore_case(name);
         let encoded =
             header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
         (Redactor::body_kind(header("content-type")), encoded)
@@ -797,8 +804,8 @@ mod tests {
         .collect();
         assert!(redactor().headers(&mut list).is_empty());
         let text: Vec<(String, String)> = list
-            .into_iter()
-            .map(|(n, v)| (n, String::from_utf8(v).unwrap()))
+            .iter()
+            .map(|(n, v)| (n.to_owned(), String::from_utf8(v.to_vec()).unwrap()))
             .collect();
         assert_eq!(text[0].1, format!("Bearer {}", m("eyJhbGciOi.abc.def")));
         assert_eq!(text[1].1, m("session=abc; theme=dark"));
@@ -1019,30 +1026,33 @@ mod tests {
     #[test]
     fn cookies_are_decided_one_by_one() {
         let r = node();
-        let mut list: HeaderList = vec![
+        let mut list: HeaderList = HeaderList::from(vec![
             (
-                "cookie".into(),
+                "cookie",
                 format!("session={TOKEN}; q={SQLI};theme=dark ; bare;e=").into_bytes(),
             ),
             (
-                "set-cookie".into(),
+                "set-cookie",
                 format!("id={SQLI}; Path=/; HttpOnly").into_bytes(),
             ),
-            (
-                "Set-Cookie".into(),
-                format!("sid={TOKEN}; Secure").into_bytes(),
-            ),
-        ];
+            ("Set-Cookie", format!("sid={TOKEN}; Secure").into_bytes()),
+        ]);
         let marks = r.headers(&mut list);
         assert_eq!(
-            text(&list[0].1),
+            text(list.get_index(0).unwrap().1),
             format!("session={}; q={SQLI};theme=dark ; bare;e=", m(TOKEN))
         );
-        assert_eq!(text(&list[1].1), format!("id={SQLI}; Path=/; HttpOnly"));
-        assert_eq!(text(&list[2].1), format!("sid={}; Secure", m(TOKEN)));
+        assert_eq!(
+            text(list.get_index(1).unwrap().1),
+            format!("id={SQLI}; Path=/; HttpOnly")
+        );
+        assert_eq!(
+            text(list.get_index(2).unwrap().1),
+            format!("sid={}; Secure", m(TOKEN))
+        );
         let seen: Vec<(u32, &str)> = marks
             .iter()
-            .map(|(i, span)| (*i, at(&list[*i as usize].1, *span)))
+            .map(|(i, span)| (*i, at(list.get_index(*i as usize).unwrap().1, *span)))
             .collect();
         assert_eq!(seen, [(0, SQLI), (0, "dark"), (0, "bare"), (1, SQLI)]);
     }
@@ -1063,11 +1073,17 @@ mod tests {
         .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
         .collect();
         let marks = r.headers(&mut list);
-        assert_eq!(text(&list[0].1), format!("Bearer {}", m(jwt)));
-        assert_eq!(text(&list[1].1), format!("Bearer {SQLI}"));
-        assert_eq!(text(&list[2].1), format!("Basic {}", m("dXNlcjpwYXNz")));
-        assert_eq!(text(&list[3].1), m(CREDENTIALS[2]));
-        assert_eq!(text(&list[4].1), "<script>");
+        assert_eq!(
+            text(list.get_index(0).unwrap().1),
+            format!("Bearer {}", m(jwt))
+        );
+        assert_eq!(text(list.get_index(1).unwrap().1), format!("Bearer {SQLI}"));
+        assert_eq!(
+            text(list.get_index(2).unwrap().1),
+            format!("Basic {}", m("dXNlcjpwYXNz"))
+        );
+        assert_eq!(text(list.get_index(3).unwrap().1), m(CREDENTIALS[2]));
+        assert_eq!(text(list.get_index(4).unwrap().1), "<script>");
         // Without a scheme, what follows the first space is judged (here `or 1=1--`).
         assert_eq!(
             marks,
@@ -1149,11 +1165,11 @@ mod tests {
     #[test]
     fn a_record_lists_its_marks_by_place() {
         let r = node();
-        let mut headers: HeaderList = vec![
-            ("content-type".into(), b"application/json".to_vec()),
-            ("cookie".into(), format!("a={SQLI}").into_bytes()),
-        ];
-        let mut trailers: HeaderList = vec![("x-api-key".into(), b"<x>".to_vec())];
+        let mut headers = HeaderList::from(vec![
+            ("content-type", b"application/json".to_vec()),
+            ("cookie", format!("a={SQLI}").into_bytes()),
+        ]);
+        let mut trailers = HeaderList::from(vec![("x-api-key", b"<x>")]);
         let body = format!(r#"{{"token":"{SQLI}"}}"#);
         let mut capture = BodyCapture::new(1024);
         capture.add(body.len(), body.as_bytes());

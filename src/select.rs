@@ -5,6 +5,7 @@
 
 use crate::accounting::Counters;
 use crate::config::{Config, SamplingConfig, ScopeConfig, RATE_ALL};
+use crate::record::HeaderList;
 
 /// The request pseudo-headers the choice reads, as Envoy passed them.
 #[derive(Debug, Clone, Copy, Default)]
@@ -16,13 +17,8 @@ pub struct Request<'a> {
 
 impl<'a> Request<'a> {
     /// From a header list that holds the pseudo-headers (missing ones are empty).
-    pub fn from_headers(headers: &'a [(String, Vec<u8>)]) -> Self {
-        let value = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or(&[][..], |(_, v)| v.as_slice())
-        };
+    pub fn from_headers(headers: &'a HeaderList) -> Self {
+        let value = |name: &str| headers.get(name).unwrap_or_default();
         Request {
             method: value(":method"),
             authority: value(":authority"),

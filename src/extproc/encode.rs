@@ -4,6 +4,7 @@
 //! filter's name, and `observability_mode: true` on every message.
 
 use super::attributes::Value;
+use crate::record::HeaderList;
 
 /// The namespace Envoy's ext_proc files its attributes under.
 pub const ATTRIBUTES_NAMESPACE: &str = "envoy.filters.http.ext_proc";
@@ -26,7 +27,7 @@ pub enum Direction {
 pub enum Part<'a> {
     /// Every header in the order Envoy holds them, pseudo-headers included.
     Headers {
-        headers: &'a [(String, Vec<u8>)],
+        headers: &'a HeaderList,
         end_of_stream: bool,
     },
     Body {
@@ -93,7 +94,7 @@ fn put_true(out: &mut Vec<u8>, field: u32, value: bool) {
 }
 
 /// `HeaderValue{key, raw_value}`.
-fn header_value_len(name: &str, value: &[u8]) -> usize {
+fn header_value_len(name: &[u8], value: &[u8]) -> usize {
     len_field(name.len())
         + if value.is_empty() {
             0
@@ -102,23 +103,23 @@ fn header_value_len(name: &str, value: &[u8]) -> usize {
         }
 }
 
-fn header_map_len(headers: &[(String, Vec<u8>)]) -> usize {
+fn header_map_len(headers: &HeaderList) -> usize {
     headers
-        .iter()
+        .iter_bytes()
         .map(|(name, value)| len_field(header_value_len(name, value)))
         .sum()
 }
 
 /// `HttpHeaders{headers: HeaderMap, end_of_stream}`.
-fn http_headers_len(headers: &[(String, Vec<u8>)], end_of_stream: bool) -> usize {
+fn http_headers_len(headers: &HeaderList, end_of_stream: bool) -> usize {
     len_field(header_map_len(headers)) + if end_of_stream { 2 } else { 0 }
 }
 
-fn put_http_headers(out: &mut Vec<u8>, headers: &[(String, Vec<u8>)], end_of_stream: bool) {
+fn put_http_headers(out: &mut Vec<u8>, headers: &HeaderList, end_of_stream: bool) {
     put_len(out, 1, header_map_len(headers));
-    for (name, value) in headers {
+    for (name, value) in headers.iter_bytes() {
         put_len(out, 1, header_value_len(name, value));
-        put_bytes(out, 1, name.as_bytes());
+        put_bytes(out, 1, name);
         if !value.is_empty() {
             put_bytes(out, 3, value);
         }
@@ -308,7 +309,7 @@ mod tests {
 
     #[test]
     fn request_headers_with_attributes() {
-        let headers = [h(":method", b"GET"), h("x", b"\xff")];
+        let headers = HeaderList::from(vec![h(":method", b"GET"), h("x", b"\xff")]);
         let attrs = [("source.address".to_owned(), Value::Text("a".to_owned()))];
         let bytes = processing_request(
             Direction::Request,
@@ -368,7 +369,7 @@ mod tests {
             None,
         );
         assert_eq!(last, [0x22, 2, 0x10, 1, 0x42, 0, 0x50, 1]);
-        let empty_value = [h("x-empty", b"")];
+        let empty_value = HeaderList::from(vec![h("x-empty", b"")]);
         let headers = processing_request(
             Direction::Response,
             Part::Headers {

@@ -8,6 +8,7 @@ use super::worker::SharedWorker;
 use crate::extproc::attributes::{self, Value};
 use crate::extproc::encode::{processing_request_marked, Direction, Part};
 use crate::extproc::streams::Delivery;
+use crate::record::HeaderList;
 use crate::redact::{Redactor, Stream};
 use crate::select::{skip_body, Request};
 use proxy_wasm::hostcalls;
@@ -54,7 +55,7 @@ impl ExtProcStream {
     fn attributes(
         &self,
         direction: Direction,
-        headers: &[(String, Vec<u8>)],
+        headers: &HeaderList,
     ) -> Option<Vec<(String, Value)>> {
         let worker = self.worker.try_borrow().ok()?;
         let names = match direction {
@@ -68,9 +69,9 @@ impl ExtProcStream {
             .iter()
             .filter_map(|name| {
                 let from_headers = (direction == Direction::Request && name == "request.id")
-                    .then(|| headers.iter().find(|(n, _)| n == "x-request-id"));
+                    .then(|| headers.get("x-request-id"));
                 let bytes = match from_headers {
-                    Some(header) => header?.1.clone(),
+                    Some(header) => header?.to_vec(),
                     None => hostcalls::get_property(attributes::path(name))
                         .ok()
                         .flatten()?,
@@ -113,7 +114,7 @@ impl ExtProcStream {
         }
     }
 
-    fn headers(&mut self, direction: Direction, mut headers: Vec<(String, Vec<u8>)>, eos: bool) {
+    fn headers(&mut self, direction: Direction, mut headers: HeaderList, eos: bool) {
         let attributes = self.attributes(direction, &headers);
         let mut marks = Vec::new();
         if let Ok(worker) = self.worker.try_borrow() {
@@ -121,10 +122,7 @@ impl ExtProcStream {
                 Direction::Request => &mut self.request_body,
                 Direction::Response => &mut self.response_body,
             };
-            let content_type = headers
-                .iter()
-                .find(|(n, _)| n == "content-type")
-                .map(|(_, v)| v.as_slice());
+            let content_type = headers.get("content-type");
             progress.skipped =
                 skip_body(&worker.config.capture.skip_body_content_types, content_type);
             if let Some(r) = &worker.redactor {
@@ -132,15 +130,19 @@ impl ExtProcStream {
                 progress.withhold = kind.is_some() && encoded;
                 progress.redact = kind.map(|k| r.body_stream(k));
                 marks = r.headers(&mut headers);
-                for (i, (name, value)) in headers.iter_mut().enumerate() {
+                let mut paths = Vec::new();
+                for (i, (name, value)) in headers.iter().enumerate() {
                     if name == ":path" {
                         let mut spans = Vec::new();
                         if let Some(path) = r.path(&String::from_utf8_lossy(value), &mut spans) {
-                            *value = path.into_bytes();
+                            paths.push((i, path));
                         }
                         let index = u32::try_from(i).unwrap_or(u32::MAX);
                         marks.extend(spans.into_iter().map(|span| (index, span)));
                     }
+                }
+                for (i, path) in paths {
+                    headers.set_value(i, path.as_bytes());
                 }
             }
         }

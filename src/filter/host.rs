@@ -1,8 +1,10 @@
 //! Small, panic-free reads from the host: time and Envoy attributes.
 
 use crate::connection_facts::ConnectionFacts;
+use crate::record::HeaderList;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::MapType;
+use proxy_wasm::types::{MapType, Status};
+use std::ptr::null_mut;
 use std::time::UNIX_EPOCH;
 
 /// Unix time in nanoseconds from the host clock (0 if the host cannot tell).
@@ -21,10 +23,32 @@ pub fn now_ms() -> u64 {
     ns_to_ms(now_ns())
 }
 
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
 /// A header or trailer map, every field in Envoy's order with its raw value bytes; empty when
-/// the host has none (the SDK's own getter panics then).
-pub fn header_map(map: MapType) -> Vec<(String, Vec<u8>)> {
-    hostcalls::get_map_bytes(map).ok().unwrap_or_default()
+/// the host has none. Read by hand, not by the SDK's `get_map_bytes`: that copies every name
+/// and value into an allocation of its own (about 5.8 k instructions for a 9-header map), and
+/// panics when the host answers anything but Ok.
+pub fn header_map(map: MapType) -> HeaderList {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a buffer it allocated through the module's
+    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes, the SDK's allocator),
+    // whose ownership passes to us; this is what the SDK's own getter does with it.
+    let bytes = unsafe {
+        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+            _ => return HeaderList::new(),
+        }
+    };
+    HeaderList::from_proxy_wasm_map(bytes)
 }
 
 fn property(path: &[&str]) -> Option<Vec<u8>> {

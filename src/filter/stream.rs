@@ -7,7 +7,7 @@ use super::host::{
 use super::worker::SharedWorker;
 use crate::body::BodyCapture;
 use crate::connection_facts::ConnectionFacts;
-use crate::record::{header_text, split_pseudo_headers, RequestRecord, ResponseRecord};
+use crate::record::{HeaderList, RequestRecord, ResponseRecord};
 use crate::select::{skip_body, Request};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -110,7 +110,7 @@ impl MirrorStream {
     }
 
     /// Whether this exchange is mirrored; decided once, from its request pseudo-headers.
-    fn admit(&self, pseudo: &[(String, Vec<u8>)], ts_ns: u64) -> bool {
+    fn admit(&self, pseudo: &HeaderList, ts_ns: u64) -> bool {
         self.worker
             .as_ref()
             .and_then(|w| w.try_borrow_mut().ok())
@@ -122,11 +122,8 @@ impl MirrorStream {
     }
 
     /// Whether bodies with this direction's `content-type` are only counted.
-    fn skips_body(&self, headers: &[(String, Vec<u8>)]) -> bool {
-        let content_type = headers
-            .iter()
-            .find(|(n, _)| n == "content-type")
-            .map(|(_, v)| v.as_slice());
+    fn skips_body(&self, headers: &HeaderList) -> bool {
+        let content_type = headers.get("content-type");
         self.worker
             .as_ref()
             .and_then(|w| w.try_borrow().ok())
@@ -135,7 +132,7 @@ impl MirrorStream {
 
     /// Starts the request record; false when the exchange is not mirrored.
     fn start_request(&mut self, ts_ns: u64) -> bool {
-        let (pseudo, headers) = split_pseudo_headers(header_map(MapType::HttpRequestHeaders));
+        let (pseudo, headers) = header_map(MapType::HttpRequestHeaders).split_pseudo();
         if !self.admit(&pseudo, ts_ns) {
             self.skipped = true;
             return false;
@@ -145,7 +142,7 @@ impl MirrorStream {
         let id = self.next_id();
         let (request_cap, response_cap) = self.body_caps();
         let connection = self.connection_facts();
-        let text = |name| header_text(&pseudo, name).unwrap_or_default();
+        let text = |name| pseudo.text(name).unwrap_or_default();
         let body = if self.skips_body(&headers) {
             BodyCapture::skipped()
         } else {
@@ -163,7 +160,7 @@ impl MirrorStream {
             destination: connection.destination,
             tls: connection.tls,
             headers,
-            trailers: Vec::new(),
+            trailers: HeaderList::new(),
             body,
             complete: false,
         });
@@ -282,12 +279,14 @@ impl MirrorStream {
 
     pub fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.mirrored() {
-            let (pseudo, headers) = split_pseudo_headers(header_map(MapType::HttpResponseHeaders));
+            let (pseudo, headers) = header_map(MapType::HttpResponseHeaders).split_pseudo();
             if self.skips_body(&headers) {
                 self.response.body = BodyCapture::skipped();
             }
             self.response.ts_ns = now_ns();
-            self.response.status = header_text(&pseudo, ":status")
+            self.response.status = pseudo
+                .get(":status")
+                .and_then(|s| std::str::from_utf8(s).ok())
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
             self.response.headers = headers;

@@ -303,7 +303,7 @@ impl<'a, 'v> Fields<'a, 'v> {
             panic!("{key} is not an array");
         };
         assert_eq!(pairs.len(), expected.len(), "{key} length");
-        for (pair, (name, value)) in pairs.iter().zip(expected) {
+        for (pair, (name, value)) in pairs.iter().zip(expected.iter()) {
             let wanted_value = match std::str::from_utf8(value) {
                 Ok(text) => Value::Str(text),
                 Err(_) => Value::Bin(value),

@@ -6,7 +6,7 @@
 
 use oob_mirror::body::BodyCapture;
 use oob_mirror::config::Config;
-use oob_mirror::record::{RequestRecord, ResponseRecord};
+use oob_mirror::record::{HeaderList, RequestRecord, ResponseRecord};
 use oob_mirror::redact::Redactor;
 use oob_mirror::select::{Request, Selector};
 use oob_mirror::shipper::{Reply, Shipper};
@@ -36,13 +36,13 @@ fn exchange(i: u64, body: &[u8]) -> (RequestRecord, ResponseRecord) {
         source: "127.0.0.1:53412".into(),
         destination: "127.0.0.1:10000".into(),
         tls: false,
-        headers: vec![
+        headers: HeaderList::from(vec![
             header("user-agent", "wrk"),
             header("accept", "*/*"),
             header("x-forwarded-proto", "http"),
             header("x-request-id", &id),
-        ],
-        trailers: Vec::new(),
+        ]),
+        trailers: HeaderList::new(),
         body: request_body,
         complete: true,
     };
@@ -51,12 +51,12 @@ fn exchange(i: u64, body: &[u8]) -> (RequestRecord, ResponseRecord) {
         ts_ns: 1_700_000_000_000_100_000 + i,
         status: 200,
         details: "via_upstream".into(),
-        headers: vec![
+        headers: HeaderList::from(vec![
             header("content-type", "text/plain"),
             header("content-length", "2"),
             header("date", "Wed, 25 Nov 2026 01:00:00 GMT"),
-        ],
-        trailers: Vec::new(),
+        ]),
+        trailers: HeaderList::new(),
         body: response_body,
         complete: true,
         duration_us: 180,
@@ -104,8 +104,11 @@ fn main() {
             let (mut request, mut response) = exchange(i, &body);
             if json {
                 for headers in [&mut request.headers, &mut response.headers] {
-                    headers.retain(|(n, _)| n != "content-type");
-                    headers.push(header("content-type", "application/json"));
+                    *headers = headers
+                        .iter()
+                        .filter(|(n, _)| *n != "content-type")
+                        .chain([("content-type", &b"application/json"[..])])
+                        .collect();
                 }
             }
             (request, response)
