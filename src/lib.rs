@@ -14,7 +14,6 @@ pub mod connection_facts;
 pub mod encode;
 pub mod extproc;
 pub mod failure_log;
-pub mod json;
 pub mod record;
 pub mod redact;
 pub mod request_id;
