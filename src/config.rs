@@ -397,7 +397,8 @@ impl Default for RawRedact {
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawSampling {
-    /// The number's text: read as a float, 0.2 would not be exactly 200000 millionths.
+    /// The number's text, so that its places are counted and converted exactly (`millionths`),
+    /// which a float cannot do.
     #[serde(deserialize_with = "present")]
     rate: Option<Box<RawValue>>,
     #[serde(deserialize_with = "present")]
