@@ -1,10 +1,21 @@
-//! Plugin configuration: read from JSON field by field (unknown and duplicate fields refused,
-//! each value's type checked), then checked as a whole, so that a bad configuration is refused
-//! with one message naming the field.
+//! Plugin configuration: JSON read by serde's derives (through serde_json and
+//! serde_path_to_error), then checked as a whole, so that a bad configuration is refused with
+//! one message naming the field by its path (`node.headers[0].name: ...`). Unknown and repeated
+//! fields are refused, and so is a value of the wrong type, `null` included.
+//!
+//! The sections that map one to one (`capture`, `batch`, `ext_proc`, `scope`) are read straight
+//! into their public types, their defaults from `Default` (their `Deserialize` checks nothing
+//! more: `Config::parse` does); the others go through a private raw layer (`RawConfig`...) that
+//! `Config::from_raw` turns into the public types.
 
 use crate::batch::MAX_SHARDS;
-use crate::json::{self, Json};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, MapAccess, SeqAccess, Unexpected, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use serde_path_to_error::Segment;
 use std::fmt;
+use std::marker::PhantomData;
 
 /// Smallest batch budget that still fits one record with empty bodies and a few headers.
 pub const MIN_BATCH_BYTES: u64 = 4096;
@@ -21,7 +32,8 @@ pub struct Config {
 }
 
 /// Which exchanges are mirrored at all (src/select.rs); empty lists select everything.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ScopeConfig {
     /// Paths not mirrored: an entry ending in `/` excludes everything under it, any other
     /// entry exactly that path; the query string is ignored.
@@ -176,7 +188,8 @@ impl fmt::Debug for NodeHeader {
 }
 
 /// The ext_proc protocol's settings (used when `node.protocol` is `ext_proc`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ExtProcConfig {
     /// Envoy attribute names sent with the request headers, as Envoy's ext_proc
     /// `request_attributes`.
@@ -200,7 +213,8 @@ impl Default for ExtProcConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CaptureConfig {
     pub request_body_max: u64,
     pub response_body_max: u64,
@@ -230,7 +244,8 @@ pub const DEFAULT_SKIP_BODY_CONTENT_TYPES: [&str; 15] = [
     "application/zstd",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BatchConfig {
     pub max_records: u64,
     pub max_bytes: u64,
@@ -284,140 +299,258 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// One JSON object of the configuration: its dotted path and its fields, every key known and
-/// none repeated.
-struct Section<'a> {
-    path: String,
-    fields: &'a [(String, Json)],
+/// The configuration as serde reads it, before [`Config::from_raw`] turns it into the public
+/// types. Each object refuses unknown fields (serde's derived visitors refuse repeated ones);
+/// fields without a `default` are required.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: Object<RawNode>,
+    #[serde(default)]
+    capture: Object<CaptureConfig>,
+    #[serde(default)]
+    batch: Object<BatchConfig>,
+    #[serde(default)]
+    ext_proc: Object<ExtProcConfig>,
+    #[serde(default)]
+    redact: Object<RawRedact>,
+    #[serde(default)]
+    scope: Object<ScopeConfig>,
+    #[serde(default)]
+    sampling: Object<RawSampling>,
 }
 
-impl<'a> Section<'a> {
-    fn new(path: String, value: &'a Json, known: &[&str]) -> Result<Section<'a>, ConfigError> {
-        let Json::Obj(fields) = value else {
-            let field = if path.is_empty() {
-                "configuration"
-            } else {
-                &path
-            };
-            return Err(refuse(
-                field,
-                format!("expected an object, found {}", value.kind()),
-            ));
-        };
-        let section = Section { path, fields };
-        for (i, (key, _)) in fields.iter().enumerate() {
-            if !known.contains(&key.as_str()) {
-                let expected = known.join("`, `");
-                let reason = format!("unknown field `{key}`, expected one of `{expected}`");
-                return Err(refuse(&section.field(key), reason));
-            }
-            if fields.iter().take(i).any(|(k, _)| k == key) {
-                return Err(refuse(
-                    &section.field(key),
-                    format!("duplicate field `{key}`"),
-                ));
-            }
-        }
-        Ok(section)
-    }
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    cluster: String,
+    #[serde(default = "default_authority")]
+    authority: String,
+    #[serde(default = "default_path")]
+    path: String,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default)]
+    protocol: Protocol,
+    #[serde(default)]
+    headers: List<Object<RawHeader>>,
+    /// Read wide, so that an out-of-range count is refused with the range.
+    #[serde(default = "default_shards")]
+    shards: u64,
+}
 
-    fn field(&self, name: &str) -> String {
-        // An empty key still has to read as a field in the one log line.
-        let name = if name.is_empty() { "\"\"" } else { name };
-        if self.path.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{}.{name}", self.path)
-        }
-    }
+fn default_authority() -> String {
+    "oob-mirror".to_owned()
+}
 
-    fn get(&self, name: &str) -> Option<&'a Json> {
-        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
-    }
+fn default_path() -> String {
+    "/v1/records".to_owned()
+}
 
-    fn wrong(&self, name: &str, expected: &str, found: &Json) -> ConfigError {
-        refuse(
-            &self.field(name),
-            format!("expected {expected}, found {}", found.kind()),
-        )
-    }
+fn default_timeout_ms() -> u64 {
+    1000
+}
 
-    fn section(&self, name: &str, known: &[&str]) -> Result<Option<Section<'a>>, ConfigError> {
-        self.get(name)
-            .map(|value| Section::new(self.field(name), value, known))
-            .transpose()
-    }
+fn default_shards() -> u64 {
+    1
+}
 
-    fn string(&self, name: &str) -> Result<Option<String>, ConfigError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Json::Str(text)) => Ok(Some(text.clone())),
-            Some(other) => Err(self.wrong(name, "a string", other)),
-        }
-    }
+/// `{"name", "value"}` or `{"name", "value_env"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeader {
+    name: String,
+    #[serde(default, deserialize_with = "present")]
+    value: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    value_env: Option<String>,
+}
 
-    fn number(&self, name: &str, default: u64) -> Result<u64, ConfigError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(Json::Num(text)) => text.parse().map_err(|_| {
-                refuse(
-                    &self.field(name),
-                    format!("expected an integer from 0 to {}, found {text}", u64::MAX),
-                )
-            }),
-            Some(other) => Err(self.wrong(name, "a number", other)),
+/// The lists add to the defaults (see [`Config::from_raw`]), so they default to empty here.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawRedact {
+    enabled: bool,
+    mode: RedactMode,
+    headers: Vec<String>,
+    query_params: Vec<String>,
+    body_fields: Vec<String>,
+    gateway_fields: Vec<String>,
+    key_env: String,
+}
+
+impl Default for RawRedact {
+    fn default() -> Self {
+        let d = RedactConfig::default();
+        RawRedact {
+            enabled: d.enabled,
+            mode: d.mode,
+            headers: Vec::new(),
+            query_params: Vec::new(),
+            body_fields: Vec::new(),
+            gateway_fields: Vec::new(),
+            key_env: d.key_env,
         }
     }
+}
 
-    /// A list of objects, each read as a section named `name[i]`.
-    fn objects(&self, name: &str, known: &[&str]) -> Result<Vec<Section<'a>>, ConfigError> {
-        match self.get(name) {
-            None => Ok(Vec::new()),
-            Some(Json::Arr(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| Section::new(format!("{}[{i}]", self.field(name)), item, known))
-                .collect(),
-            Some(other) => Err(self.wrong(name, "a list of objects", other)),
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawSampling {
+    /// The number's text, so that its places are counted and converted exactly (`millionths`),
+    /// which a float cannot do.
+    #[serde(deserialize_with = "present")]
+    rate: Option<Box<RawValue>>,
+    #[serde(deserialize_with = "present")]
+    max_per_second: Option<u64>,
+    shed: bool,
+}
+
+impl Default for RawSampling {
+    fn default() -> Self {
+        RawSampling {
+            rate: None,
+            max_per_second: None,
+            shed: SamplingConfig::default().shed,
         }
     }
+}
 
-    fn boolean(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(Json::Bool(on)) => Ok(*on),
-            Some(other) => Err(self.wrong(name, "true or false", other)),
+/// An optional field that, when written, holds a value: serde reads `null` as an absent
+/// `Option`, and a `null` written here is refused instead, like any other wrong type.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    /// A string; serde's derived enums would also take `{"batch": null}`.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "batch" => Ok(Protocol::Batch),
+            "ext_proc" => Ok(Protocol::ExtProc),
+            other => Err(de::Error::unknown_variant(other, &["batch", "ext_proc"])),
         }
     }
+}
 
-    /// A decimal from 0 to 1 with at most six places, in millionths; read without floating
-    /// point, so `0.2` is exactly 200000.
-    fn fraction(&self, name: &str, default: u32) -> Result<u32, ConfigError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(Json::Num(text)) => millionths(text).ok_or_else(|| {
-                refuse(
-                    &self.field(name),
-                    format!("expected a decimal from 0 to 1 with at most 6 places, found {text}"),
-                )
-            }),
-            Some(other) => Err(self.wrong(name, "a number", other)),
+impl<'de> Deserialize<'de> for RedactMode {
+    /// A string; serde's derived enums would also take `{"node": null}`.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "node" => Ok(RedactMode::Node),
+            "gateway" => Ok(RedactMode::Gateway),
+            other => Err(de::Error::unknown_variant(other, &["node", "gateway"])),
         }
     }
+}
 
-    fn list(&self, name: &str, default: Vec<String>) -> Result<Vec<String>, ConfigError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(Json::Arr(items)) => items
-                .iter()
-                .map(|item| match item {
-                    Json::Str(text) => Ok(text.clone()),
-                    other => Err(self.wrong(name, "a list of strings", other)),
-                })
-                .collect(),
-            Some(other) => Err(self.wrong(name, "a list of strings", other)),
+/// A JSON object read as `T`. Not `T` itself: serde's derived structs also take a list of
+/// the values in field order (serde-rs/serde#1587), and a refusal of a string written in
+/// place of an object would repeat it (a node header written as `"authorization: Bearer …"`).
+#[derive(Default)]
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ObjectVisitor(PhantomData))
+    }
+}
+
+struct ObjectVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+    type Value = Object<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Object<T>, A::Error> {
+        T::deserialize(MapAccessDeserializer::new(map)).map(Object)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Object<T>, E> {
+        Err(E::invalid_type(Unexpected::Other("string"), &self))
+    }
+}
+
+/// A JSON list, refused without repeating a string written in its place (as [`Object`]).
+struct List<T>(Vec<T>);
+
+impl<T> Default for List<T> {
+    fn default() -> Self {
+        List(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ListVisitor(PhantomData))
+    }
+}
+
+struct ListVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for ListVisitor<T> {
+    type Value = List<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<List<T>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(List(items))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<List<T>, E> {
+        Err(E::invalid_type(Unexpected::Other("string"), &self))
+    }
+}
+
+/// A refusal by serde, at the path serde_path_to_error kept (`node.headers[0].name`).
+fn refusal(err: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let mut field = String::new();
+    for segment in err.path() {
+        match segment {
+            Segment::Seq { index } => field.push_str(&format!("[{index}]")),
+            Segment::Map { key } => push_field(&mut field, key),
+            Segment::Enum { variant } => push_field(&mut field, variant),
+            // A key that was not read (text that is not JSON) adds nothing to the path.
+            Segment::Unknown => {}
         }
     }
+    let json = err.into_inner();
+    let mut reason = json.to_string();
+    // The path says where a value is wrong; the position only helps in text that is not JSON.
+    if json.is_data() {
+        let at = format!(" at line {} column {}", json.line(), json.column());
+        if let Some(len) = reason.strip_suffix(&at).map(str::len) {
+            reason.truncate(len);
+        }
+    }
+    // serde refuses a missing or repeated field at the object holding it; name the field.
+    let named = ["missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|start| reason.strip_prefix(start)?.split_once('`'));
+    if let Some((name, _)) = named {
+        push_field(&mut field, name);
+    }
+    if field.is_empty() {
+        field = "configuration".to_owned();
+    }
+    ConfigError { field, reason }
+}
+
+fn push_field(path: &mut String, name: &str) {
+    if !path.is_empty() {
+        path.push('.');
+    }
+    // An empty key still has to read as a field in the one log line.
+    path.push_str(if name.is_empty() { "\"\"" } else { name });
 }
 
 /// `0`, `1`, `0.25`, `1.000`: the value in millionths, if it is from 0 to 1 with at most six
@@ -459,179 +592,103 @@ impl Config {
                 "required (the configuration is empty)",
             ));
         }
-        let json = json::parse(bytes).map_err(|why| refuse("configuration", why))?;
-        let config = Config::read(&json)?;
+        let mut json = serde_json::Deserializer::from_slice(bytes);
+        let raw: Object<RawConfig> =
+            serde_path_to_error::deserialize(&mut json).map_err(refusal)?;
+        // Only whitespace may follow the object.
+        json.end()
+            .map_err(|err| refuse("configuration", err.to_string()))?;
+        let config = Config::from_raw(raw.0)?;
         config.check()?;
         Ok(config)
     }
 
     /// The fields as written, or their defaults (the README's configuration table).
-    fn read(json: &Json) -> Result<Config, ConfigError> {
-        let root = Section::new(
-            String::new(),
-            json,
-            &[
-                "node", "capture", "batch", "ext_proc", "redact", "scope", "sampling",
-            ],
-        )?;
-        let known = [
-            "cluster",
-            "authority",
-            "path",
-            "timeout_ms",
-            "protocol",
-            "headers",
-            "shards",
-        ];
-        let node = root
-            .section("node", &known)?
-            .ok_or_else(|| refuse("node", "missing field `node`"))?;
-        let protocol = match node.get("protocol") {
-            None => Protocol::Batch,
-            Some(Json::Str(name)) if name == "batch" => Protocol::Batch,
-            Some(Json::Str(name)) if name == "ext_proc" => Protocol::ExtProc,
-            Some(Json::Str(name)) => {
-                let reason = format!("unknown variant `{name}`, expected `batch` or `ext_proc`");
-                return Err(refuse("node.protocol", reason));
-            }
-            Some(other) => return Err(node.wrong("protocol", "a string", other)),
-        };
+    fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let node = raw.node.0;
+        let shards = u32::try_from(node.shards)
+            .ok()
+            .filter(|shards| (1..=MAX_SHARDS).contains(shards))
+            .ok_or_else(|| {
+                let reason = format!("must be from 1 to {MAX_SHARDS}, found {}", node.shards);
+                refuse("node.shards", reason)
+            })?;
+        let headers = node
+            .headers
+            .0
+            .into_iter()
+            .enumerate()
+            .map(|(i, Object(header))| {
+                let value = match (header.value, header.value_env) {
+                    (Some(value), None) => HeaderValue::Inline(value),
+                    (None, Some(var)) => HeaderValue::Env(var),
+                    _ => {
+                        return Err(refuse(
+                            &format!("node.headers[{i}]"),
+                            "needs exactly one of `value` and `value_env`",
+                        ))
+                    }
+                };
+                Ok(NodeHeader {
+                    name: header.name,
+                    value,
+                })
+            })
+            .collect::<Result<_, _>>()?;
         let node = NodeConfig {
-            cluster: node
-                .string("cluster")?
-                .ok_or_else(|| refuse("node.cluster", "missing field `cluster`"))?,
-            authority: node
-                .string("authority")?
-                .unwrap_or_else(|| "oob-mirror".to_owned()),
-            path: node
-                .string("path")?
-                .unwrap_or_else(|| "/v1/records".to_owned()),
-            timeout_ms: node.number("timeout_ms", 1000)?,
-            protocol,
-            headers: node_headers(&node)?,
-            shards: {
-                let shards = node.number("shards", 1)?;
-                if !(1..=u64::from(MAX_SHARDS)).contains(&shards) {
-                    return Err(refuse(
-                        "node.shards",
-                        format!("must be from 1 to {MAX_SHARDS}, found {shards}"),
-                    ));
-                }
-                u32::try_from(shards).unwrap_or(1)
-            },
+            cluster: node.cluster,
+            authority: node.authority,
+            path: node.path,
+            timeout_ms: node.timeout_ms,
+            protocol: node.protocol,
+            headers,
+            shards,
         };
-
-        let (c, b, e) = (
-            CaptureConfig::default(),
-            BatchConfig::default(),
-            ExtProcConfig::default(),
-        );
-        let known = [
-            "request_body_max",
-            "response_body_max",
-            "max_buffered_bytes",
-            "skip_body_content_types",
-        ];
-        // The content-type list replaces the default (mirroring images is a choice, not a leak).
-        let capture = match root.section("capture", &known)? {
-            None => c,
-            Some(s) => CaptureConfig {
-                request_body_max: s.number("request_body_max", c.request_body_max)?,
-                response_body_max: s.number("response_body_max", c.response_body_max)?,
-                max_buffered_bytes: s.number("max_buffered_bytes", c.max_buffered_bytes)?,
-                skip_body_content_types: s
-                    .list("skip_body_content_types", c.skip_body_content_types)?,
-            },
-        };
-        let known = [
-            "max_records",
-            "max_bytes",
-            "flush_ms",
-            "max_queue_bytes",
-            "max_inflight",
-        ];
-        let batch = match root.section("batch", &known)? {
-            None => b,
-            Some(s) => BatchConfig {
-                max_records: s.number("max_records", b.max_records)?,
-                max_bytes: s.number("max_bytes", b.max_bytes)?,
-                flush_ms: s.number("flush_ms", b.flush_ms)?,
-                max_queue_bytes: s.number("max_queue_bytes", b.max_queue_bytes)?,
-                max_inflight: s.number("max_inflight", b.max_inflight)?,
-            },
-        };
-        let known = ["request_attributes", "response_attributes", "max_streams"];
-        let ext_proc = match root.section("ext_proc", &known)? {
-            None => e,
-            Some(s) => ExtProcConfig {
-                request_attributes: s.list("request_attributes", e.request_attributes)?,
-                response_attributes: s.list("response_attributes", e.response_attributes)?,
-                max_streams: s.number("max_streams", e.max_streams)?,
-            },
-        };
-        let r = RedactConfig::default();
-        let known = [
-            "enabled",
-            "mode",
-            "headers",
-            "query_params",
-            "body_fields",
-            "gateway_fields",
-            "key_env",
-        ];
         // Lists add to the defaults: a configuration cannot drop a default secret by naming
         // another one; `enabled: false` turns redaction off.
-        let redact = match root.section("redact", &known)? {
-            None => r,
-            Some(s) => RedactConfig {
-                enabled: s.boolean("enabled", true)?,
-                mode: match s.get("mode") {
-                    None => r.mode,
-                    Some(Json::Str(name)) if name == "node" => RedactMode::Node,
-                    Some(Json::Str(name)) if name == "gateway" => RedactMode::Gateway,
-                    Some(Json::Str(name)) => {
-                        let reason =
-                            format!("unknown variant `{name}`, expected `node` or `gateway`");
-                        return Err(refuse("redact.mode", reason));
-                    }
-                    Some(other) => return Err(s.wrong("mode", "a string", other)),
-                },
-                gateway_fields: [r.gateway_fields, s.list("gateway_fields", Vec::new())?].concat(),
-                headers: [r.headers, s.list("headers", Vec::new())?].concat(),
-                query_params: [r.query_params, s.list("query_params", Vec::new())?].concat(),
-                body_fields: [r.body_fields, s.list("body_fields", Vec::new())?].concat(),
-                key_env: s.string("key_env")?.unwrap_or(r.key_env),
-            },
+        let (d, r) = (RedactConfig::default(), raw.redact.0);
+        let redact = RedactConfig {
+            enabled: r.enabled,
+            mode: r.mode,
+            gateway_fields: [d.gateway_fields, r.gateway_fields].concat(),
+            headers: [d.headers, r.headers].concat(),
+            query_params: [d.query_params, r.query_params].concat(),
+            body_fields: [d.body_fields, r.body_fields].concat(),
+            key_env: r.key_env,
         };
-        let known = ["exclude_paths", "include_hosts", "methods"];
-        let scope = match root.section("scope", &known)? {
-            None => ScopeConfig::default(),
-            Some(s) => ScopeConfig {
-                exclude_paths: s.list("exclude_paths", Vec::new())?,
-                include_hosts: s.list("include_hosts", Vec::new())?,
-                methods: s.list("methods", Vec::new())?,
-            },
-        };
-        let d = SamplingConfig::default();
-        let sampling = match root.section("sampling", &["rate", "max_per_second", "shed"])? {
-            None => d,
-            Some(s) => SamplingConfig {
-                rate_ppm: s.fraction("rate", d.rate_ppm)?,
-                max_per_second: match s.get("max_per_second") {
-                    None => None,
-                    Some(_) => Some(s.number("max_per_second", 0)?),
-                },
-                shed: s.boolean("shed", d.shed)?,
-            },
+        let s = raw.sampling.0;
+        let rate_ppm = match s.rate {
+            None => SamplingConfig::default().rate_ppm,
+            Some(rate) => millionths(rate.get()).ok_or_else(|| {
+                let text = rate.get();
+                let found = match text.bytes().next() {
+                    Some(b'-' | b'0'..=b'9') => text,
+                    Some(b'"') => "a string",
+                    Some(b'{') => "an object",
+                    Some(b'[') => "a list",
+                    Some(b't' | b'f') => "a boolean",
+                    _ => "null",
+                };
+                refuse(
+                    "sampling.rate",
+                    format!("expected a decimal from 0 to 1 with at most 6 places, found {found}"),
+                )
+            })?,
         };
         Ok(Config {
             node,
-            capture,
-            batch,
-            ext_proc,
+            // The content-type list replaces the default (mirroring images is a choice, not
+            // a leak).
+            capture: raw.capture.0,
+            batch: raw.batch.0,
+            ext_proc: raw.ext_proc.0,
             redact,
-            scope,
-            sampling,
+            scope: raw.scope.0,
+            sampling: SamplingConfig {
+                rate_ppm,
+                max_per_second: s.max_per_second,
+                shed: s.shed,
+            },
         })
     }
 
@@ -802,29 +859,6 @@ const RESERVED_HEADERS: [&str; 9] = [
 /// A value Envoy sends as it is: not empty, no control characters (a line break would end it).
 pub fn valid_header_value(value: &str) -> bool {
     !value.is_empty() && !value.chars().any(|c| c.is_control() && c != '\t')
-}
-
-/// `node.headers`: each `{"name", "value"}` or `{"name", "value_env"}`.
-fn node_headers(node: &Section) -> Result<Vec<NodeHeader>, ConfigError> {
-    node.objects("headers", &["name", "value", "value_env"])?
-        .iter()
-        .map(|h| {
-            let name = h
-                .string("name")?
-                .ok_or_else(|| refuse(&h.field("name"), "missing field `name`"))?;
-            let value = match (h.string("value")?, h.string("value_env")?) {
-                (Some(value), None) => HeaderValue::Inline(value),
-                (None, Some(var)) => HeaderValue::Env(var),
-                _ => {
-                    return Err(refuse(
-                        &h.path,
-                        "needs exactly one of `value` and `value_env`",
-                    ))
-                }
-            };
-            Ok(NodeHeader { name, value })
-        })
-        .collect()
 }
 
 fn positive(field: &str, value: u64) -> Result<(), ConfigError> {
@@ -1187,7 +1221,7 @@ mod tests {
             ),
             (
                 r#"{"node":{"cluster":"n"},"ext_proc":{"request_attributes":[["a"]]}}"#,
-                "ext_proc.request_attributes",
+                "ext_proc.request_attributes[0]",
             ),
             (
                 r#"{"ext_proc":{"request_attributes":[]},"node":{"cluster":"n","x":[]}}"#,
@@ -1230,6 +1264,228 @@ mod tests {
         // Brackets inside strings are text, not arrays.
         let config = Config::parse(br#"{"node":{"cluster":"outbound|9090||[x]\"]"}}"#).unwrap();
         assert_eq!(config.node.cluster, "outbound|9090||[x]\"]");
+    }
+
+    /// serde's texts, where they replaced ours: the one line a user reads, naming the field.
+    #[test]
+    fn serde_refusals_name_the_field_by_its_path() {
+        for (text, line) in [
+            (r#"{}"#, "node: missing field `node`"),
+            (
+                r#""text""#,
+                "configuration: invalid type: string, expected an object",
+            ),
+            (
+                r#"{"node":["n","a","/p",5]}"#,
+                "node: invalid type: sequence, expected an object",
+            ),
+            (
+                r#"{"node":{"cluster":"n","timeout_ms":"5"}}"#,
+                r#"node.timeout_ms: invalid type: string "5", expected u64"#,
+            ),
+            (
+                r#"{"node":{"cluster":"n","timeout_ms":1.5}}"#,
+                "node.timeout_ms: invalid type: floating point `1.5`, expected u64",
+            ),
+            (
+                r#"{"node":{"cluster":"n","timeout_ms":-1}}"#,
+                "node.timeout_ms: invalid value: integer `-1`, expected u64",
+            ),
+            (
+                r#"{"node":{"cluster":"n","headers":[{"value":"a"}]}}"#,
+                "node.headers[0].name: missing field `name`",
+            ),
+            (
+                r#"{"node":{"cluster":"n"},"ext_proc":{"request_attributes":["a",1]}}"#,
+                "ext_proc.request_attributes[1]: invalid type: integer `1`, expected a string",
+            ),
+            (
+                r#"{"node":{"cluster":"n"},"sampling":{"rate":"0.5"}}"#,
+                "sampling.rate: expected a decimal from 0 to 1 with at most 6 places, found a \
+                 string",
+            ),
+            // Text that is not JSON: where it stopped making sense.
+            (
+                "{\"node\":{\"cluster\":\"n\",\n\"timeout_ms\":01}}",
+                "node.timeout_ms: invalid number at line 2 column 15",
+            ),
+            (
+                r#"{"node":{"cluster":"n""#,
+                "node: EOF while parsing an object at line 1 column 22",
+            ),
+            (
+                r#"{"node":{"cluster":"n"} x"#,
+                "configuration: expected `,` or `}` at line 1 column 25",
+            ),
+            (
+                "not json",
+                "configuration: expected ident at line 1 column 2",
+            ),
+        ] {
+            let err = Config::parse(text.as_bytes()).unwrap_err();
+            assert_eq!(err.to_string(), line, "{text}");
+        }
+    }
+
+    /// serde's derived structs refuse a repeated field; the raw layer's, the public sections'
+    /// and a header's too, and the raw `sampling.rate`.
+    #[test]
+    fn repeated_fields_are_refused_everywhere() {
+        for (json, line) in [
+            (
+                r#""node":{"cluster":"n"},"node":{"cluster":"m"}"#,
+                "node: duplicate field `node`",
+            ),
+            (
+                r#""node":{"cluster":"n"},"batch":{"max_records":1,"max_records":2}"#,
+                "batch.max_records: duplicate field `max_records`",
+            ),
+            (
+                r#""node":{"cluster":"n"},"scope":{"methods":[],"methods":[]}"#,
+                "scope.methods: duplicate field `methods`",
+            ),
+            (
+                r#""node":{"cluster":"n"},"redact":{"mode":"node","mode":"node"}"#,
+                "redact.mode: duplicate field `mode`",
+            ),
+            (
+                r#""node":{"cluster":"n"},"sampling":{"rate":0.5,"rate":0.5}"#,
+                "sampling.rate: duplicate field `rate`",
+            ),
+            (
+                r#""node":{"cluster":"n","headers":[{"name":"x","value":"a","value":"b"}]}"#,
+                "node.headers[0].value: duplicate field `value`",
+            ),
+            (
+                r#""sampling":{},"sampling":{},"node":{"cluster":"n"}"#,
+                "sampling: duplicate field `sampling`",
+            ),
+        ] {
+            let text = format!("{{{json}}}");
+            let err = Config::parse(text.as_bytes()).unwrap_err();
+            assert_eq!(err.to_string(), line, "{text}");
+        }
+    }
+
+    /// Where serde alone would take more than the README documents: `null` for an optional
+    /// field, a list of values for an object, `{"variant": null}` for a name.
+    #[test]
+    fn values_serde_would_take_are_refused() {
+        for (json, field) in [
+            (
+                r#""node":{"cluster":"n","timeout_ms":null}"#,
+                "node.timeout_ms",
+            ),
+            (r#""node":{"cluster":"n","protocol":null}"#, "node.protocol"),
+            (
+                r#""node":{"cluster":"n","protocol":{"ext_proc":null}}"#,
+                "node.protocol",
+            ),
+            (r#""node":{"cluster":"n","headers":null}"#, "node.headers"),
+            (
+                r#""node":{"cluster":"n","headers":[{"name":"x","value":null}]}"#,
+                "node.headers[0].value",
+            ),
+            (
+                r#""node":{"cluster":"n","headers":[["x","a"]]}"#,
+                "node.headers[0]",
+            ),
+            (r#""node":{"cluster":"n"},"batch":null"#, "batch"),
+            (r#""node":{"cluster":"n"},"batch":[64,4096]"#, "batch"),
+            (
+                r#""node":{"cluster":"n"},"redact":{"mode":{"node":null}}"#,
+                "redact.mode",
+            ),
+            (
+                r#""node":{"cluster":"n"},"scope":{"methods":null}"#,
+                "scope.methods",
+            ),
+            (
+                r#""node":{"cluster":"n"},"sampling":{"rate":null}"#,
+                "sampling.rate",
+            ),
+            (
+                r#""node":{"cluster":"n"},"sampling":{"max_per_second":null}"#,
+                "sampling.max_per_second",
+            ),
+            (r#""node":{"cluster":"n"},"sampling":["1"]"#, "sampling"),
+        ] {
+            let text = format!("{{{json}}}");
+            assert_eq!(field_of(&text), field, "{text}");
+        }
+    }
+
+    /// A string where a header belongs may be the secret itself: the refusal does not repeat it.
+    #[test]
+    fn a_header_written_as_text_is_not_repeated() {
+        for (headers, line) in [
+            (
+                r#""authorization: Bearer s3cr3t""#,
+                "node.headers: invalid type: string, expected a list",
+            ),
+            (
+                r#"["authorization: Bearer s3cr3t"]"#,
+                "node.headers[0]: invalid type: string, expected an object",
+            ),
+        ] {
+            let text = format!(r#"{{"node":{{"cluster":"n","headers":{headers}}}}}"#);
+            let err = Config::parse(text.as_bytes()).unwrap_err();
+            assert_eq!(err.to_string(), line, "{text}");
+        }
+    }
+
+    /// `sampling.rate` is read from the number's text, never as a float.
+    #[test]
+    fn the_rate_is_read_from_its_text() {
+        for (rate, ppm) in [
+            ("0.2", 200_000),
+            ("0.000001", 1),
+            ("0.999999", 999_999),
+            ("1.000000", 1_000_000),
+            ("0", 0),
+            (" 0.5 ", 500_000),
+        ] {
+            let text = format!(r#"{{"node":{{"cluster":"n"}},"sampling":{{"rate":{rate}}}}}"#);
+            let config = Config::parse(text.as_bytes()).unwrap();
+            assert_eq!(config.sampling.rate_ppm, ppm, "{text}");
+        }
+        for (rate, found) in [
+            ("1e-1", "1e-1"),
+            ("0.1234567", "0.1234567"),
+            ("[0.5]", "a list"),
+            ("true", "a boolean"),
+            ("{}", "an object"),
+        ] {
+            let text = format!(r#"{{"node":{{"cluster":"n"}},"sampling":{{"rate":{rate}}}}}"#);
+            let err = Config::parse(text.as_bytes()).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "sampling.rate: expected a decimal from 0 to 1 with at most 6 places, found \
+                     {found}"
+                ),
+                "{text}"
+            );
+        }
+    }
+
+    /// What istiod sends (golang/protobuf jsonpb of the WasmPlugin's `pluginConfig`): keys
+    /// sorted, `<>&` escaped, whole numbers without exponent.
+    #[test]
+    fn jsonpb_from_istiod_is_read() {
+        let config = Config::parse(
+            br#"{"batch":{"flush_ms":20},"node":{"authority":"a\u003cb\u003e","cluster":"outbound|9090||oob-mirror-node.oob-mirror.svc.cluster.local","headers":[{"name":"x-key","value":"k\u0026v"}],"path":"/v1/records?a=1\u0026b=2","timeout_ms":500},"sampling":{"max_per_second":100,"rate":0.25},"scope":{"exclude_paths":["/healthz"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.node.authority, "a<b>");
+        assert_eq!(config.node.path, "/v1/records?a=1&b=2");
+        assert_eq!(config.node.timeout_ms, 500);
+        assert!(config.node.headers[0].value == HeaderValue::Inline("k&v".into()));
+        assert_eq!(config.batch.flush_ms, 20);
+        assert_eq!(config.batch.max_records, 64);
+        assert_eq!(config.sampling.rate_ppm, 250_000);
+        assert_eq!(config.sampling.max_per_second, Some(100));
+        assert_eq!(config.scope.exclude_paths, ["/healthz"]);
     }
 
     #[test]

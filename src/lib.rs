@@ -15,7 +15,6 @@ pub mod encode;
 pub mod extproc;
 pub mod failure_log;
 pub mod headers;
-pub mod json;
 pub mod record;
 pub mod redact;
 pub mod request_id;
