@@ -310,6 +310,9 @@ profile: setup wasm extproc-sink
 	  PROFILE_SHARDS='$(PROFILE_SHARDS)' valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/capture-profile 20000 $$run 2>&1 \
 	    | awk -v b="$$run" '/Collected/ { printf "  body %-9s B: %.1f k instructions/exchange\n", b, $$4 / 20000 / 1000 }'; \
 	done
+	@echo "profile: the node's ext_proc intake (prost), one GET exchange's stream, native"
+	@valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/extproc-decode-profile 20000 2>&1 \
+	  | awk '/Collected/ { printf "  %.1f k instructions/exchange\n", $$4 / 20000 / 1000 }'
 	@echo "profile: Envoy, one worker, under callgrind"
 	'$(PYTHON)' tools/profile/envoy_instructions.py --envoy '$(ENVOY_BIN)' --module '$(WASM_OUT)' \
 	  --empty-module '$(EMPTY_FILTER_WASM)' --requests $(PROFILE_REQUESTS) \
