@@ -15,6 +15,7 @@ pub mod encode;
 pub mod extproc;
 pub mod failure_log;
 pub mod json;
+pub mod node_env;
 pub mod record;
 pub mod redact;
 pub mod request_id;
