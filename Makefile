@@ -4,6 +4,7 @@
 #                (libmodsecurity, CRS, PostgreSQL for the store's tests, ...)
 #   make wasm    dist/oob_mirror.wasm (release, size-checked)
 #   make wasm-trap  dist/oob_mirror_trap.wasm (test-only trap build, for tests/e2e_trap.rs)
+#   make dynmod  dist/liboob_mirror.so: the same core as an Envoy dynamic module (docs/dynamic-module.md)
 #   make node    target/release/oob-mirror-node (the analysis node: CRS, store, console, API)
 #   make sink    the same as make node (old name, kept for one release)
 #   make extproc-sink  tools/extproc-sink: recording ext_proc server (tests, bench, demo)
@@ -61,8 +62,14 @@ OOB_MIRROR_WASM := $(CURDIR)/$(WASM_OUT)
 export ENVOY_BIN OOB_MIRROR_WASM
 OOB_MIRROR_TRAP_WASM := $(CURDIR)/$(WASM_TRAP_OUT)
 export OOB_MIRROR_TRAP_WASM
+# The dynamic module: the `dynmod` profile (release, but unwinding: every hook catches its own
+# panics) with the `dynmod` feature, for the host's target.
+DYNMOD_BUILT := target/dynmod/liboob_mirror.so
+DYNMOD_OUT   := dist/liboob_mirror.so
+OOB_MIRROR_DYNMOD := $(CURDIR)/$(DYNMOD_OUT)
+export OOB_MIRROR_DYNMOD
 
-.PHONY: setup wasm node sink extproc-sink lint test demo clean wasm-trap soak
+.PHONY: setup wasm node sink extproc-sink lint test demo clean wasm-trap soak dynmod
 .PHONY: oci push node-image push-node
 
 # libmodsecurity and OWASP CRS: the analysis node (oob-mirror-node --detect); Chromium: the test
@@ -134,6 +141,12 @@ wasm-trap:
 	wasm-metadce $(WASM_FEATURES) --graph-file '$(WASM_EXPORTS)' \
 	  '$(WASM_TRAP_DIR)/$(WASM_TARGET)/release/oob_mirror.wasm' -o '$(WASM_TRAP_OUT)' >/dev/null
 
+dynmod:
+	$(CARGO) build --profile dynmod --lib --features dynmod
+	@mkdir -p dist
+	cp '$(DYNMOD_BUILT)' '$(DYNMOD_OUT)'
+	@echo "$(DYNMOD_OUT): $$(wc -c < '$(DYNMOD_OUT)') bytes"
+
 node:
 	@bash tools/ensure_packages.sh $(NODE_PACKAGES)
 	$(CARGO) build --release -p oob-mirror-node
@@ -178,12 +191,13 @@ lint:
 	$(CARGO) clippy --target $(WASM_TARGET) --lib -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) --lib --features test-trap -- -D warnings
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --lib --features dynmod -- -D warnings
 	$(CARGO) fmt --manifest-path tools/extproc-sink/Cargo.toml --check
 	$(CARGO) clippy --release --manifest-path tools/extproc-sink/Cargo.toml \
 	  --target-dir tools/extproc-sink/target -- -D warnings
 
-test: setup wasm wasm-trap extproc-sink istio-tools node
-	@echo "test: ENVOY_BIN=$(ENVOY_BIN) OOB_MIRROR_WASM=$(OOB_MIRROR_WASM)"
+test: setup wasm wasm-trap dynmod extproc-sink istio-tools node
+	@echo "test: ENVOY_BIN=$(ENVOY_BIN) OOB_MIRROR_WASM=$(OOB_MIRROR_WASM) OOB_MIRROR_DYNMOD=$(OOB_MIRROR_DYNMOD)"
 	@echo "test: $$('$(ENVOY_BIN)' --version | grep -o 'version: .*')"
 	@mkdir -p target
 	$(CARGO) test --workspace 2>&1 | tee target/test.log

@@ -1,0 +1,528 @@
+//! The filter configuration: one per `DynamicModuleFilter` in Envoy's configuration, shared by
+//! every worker. It keeps one [`Worker`] per Envoy worker thread (capture, selection and the
+//! batch queue, each behind its own mutex, which only its worker and the main thread's tick
+//! take), and ships their batches from the main thread, where Envoy lets a configuration make
+//! HTTP callouts that outlive any stream. A thread of ours only wakes the main thread every
+//! tick (the ABI's scheduler has no timer); it never touches a batch.
+
+use super::abi::{self, HttpFilterConfigEnvoyPtr, ModuleBuffer, ModuleHttpHeader};
+use super::host::{log, now_ms, random_seed};
+use crate::accounting::{Counters, Gauges};
+use crate::batch::shard_targets;
+use crate::capture_budget::CaptureBudget;
+use crate::config::{Config, Protocol};
+use crate::connection_facts::ConnectionFactsCache;
+use crate::failure_log::{Level, Reason};
+use crate::node_env::{redaction_key, resolve_headers};
+use crate::redact::Redactor;
+use crate::request_id::IdGenerator;
+use crate::select::Selector;
+use crate::shipper::{Reply, Shipper, REPLY_BODY_PREFIX};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Upper bound on the tick period, as in the Proxy-Wasm build: full batches wait at most this
+/// long for the main thread.
+const MAX_TICK_MS: u64 = 10;
+
+/// Slots for connection facts per worker (a few hundred bytes each when used).
+const REMEMBERED_CONNECTIONS: usize = 1024;
+
+const METRIC_PREFIX: &str = "oob_mirror.";
+
+/// One Envoy worker's share: what the Proxy-Wasm build keeps per VM.
+#[derive(Debug)]
+pub struct Worker {
+    pub shipper: Shipper,
+    pub ids: IdGenerator,
+    pub select: Selector,
+    pub budget: CaptureBudget,
+    pub connections: ConnectionFactsCache,
+}
+
+/// A mirroring configuration (a refused or unsupported one leaves the module passing traffic).
+pub struct Mirror {
+    pub config: Config,
+    node_headers: Vec<(String, String)>,
+    shard_targets: Vec<(String, String)>,
+    workers: Vec<Mutex<Worker>>,
+    /// Callouts in flight: Envoy's callout id to the worker and the shipper's token.
+    callouts: Mutex<HashMap<u64, (usize, u32)>>,
+    next_token: AtomicU32,
+    metrics: Mutex<Metrics>,
+}
+
+/// The configuration Envoy holds for this module.
+pub struct Module {
+    envoy: EnvoyConfig,
+    pub mirror: Option<Mirror>,
+    ticker: Option<Ticker>,
+}
+
+/// Envoy's configuration object: valid until `on_http_filter_config_destroy`, which drops the
+/// [`Module`] holding it (after stopping the ticker, the only other thread that uses it).
+#[derive(Clone, Copy)]
+struct EnvoyConfig(HttpFilterConfigEnvoyPtr);
+// SAFETY: Envoy's scheduler commit is documented for use from any thread (it posts to the main
+// dispatcher); every other use of the pointer is on the main thread.
+unsafe impl Send for EnvoyConfig {}
+// SAFETY: as above.
+unsafe impl Sync for EnvoyConfig {}
+
+/// The scheduler Envoy made for this configuration, woken every tick by our thread.
+struct Scheduler(abi::HttpFilterConfigSchedulerPtr);
+// SAFETY: `scheduler_commit` is thread-safe (a post to the main thread's dispatcher); the
+// pointer is deleted only after the ticker thread is joined.
+unsafe impl Send for Scheduler {}
+
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    scheduler: abi::HttpFilterConfigSchedulerPtr,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        // SAFETY: made by scheduler_new for this configuration; the only other user, the
+        // ticker thread, has ended.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.scheduler)
+        };
+    }
+}
+
+impl Module {
+    /// Reads the configuration. A refused one is logged once and leaves the module passing
+    /// traffic untouched (fail open).
+    pub fn new(envoy: HttpFilterConfigEnvoyPtr, config_bytes: &[u8]) -> Module {
+        let envoy = EnvoyConfig(envoy);
+        let mirror = match Mirror::new(envoy, config_bytes) {
+            Ok(mirror) => Some(mirror),
+            Err(why) => {
+                log(
+                    abi::LOG_ERROR,
+                    &format!("oob-mirror: {why}; traffic passes unmirrored"),
+                );
+                None
+            }
+        };
+        let ticker = mirror
+            .as_ref()
+            .map(|m| Ticker::start(envoy, m.config.batch.flush_ms.clamp(1, MAX_TICK_MS)));
+        Module {
+            envoy,
+            mirror,
+            ticker,
+        }
+    }
+
+    /// The main thread's tick: ships what is due, publishes metrics, writes the failure log.
+    pub fn tick(&self) {
+        if let Some(mirror) = &self.mirror {
+            mirror.ship(self.envoy);
+            mirror.publish(self.envoy);
+            mirror.write_log();
+        }
+    }
+
+    /// A callout's end.
+    pub fn callout_done(&self, callout_id: u64, status: Option<u32>, body_prefix: &[u8]) {
+        if let Some(mirror) = &self.mirror {
+            mirror.callout_done(callout_id, status, body_prefix);
+            // A returning batch frees an in-flight slot: use it now rather than at the tick.
+            mirror.ship(self.envoy);
+        }
+    }
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        // Stop the ticker before anything else goes: it uses Envoy's configuration.
+        self.ticker = None;
+        if let Some(mirror) = &self.mirror {
+            mirror.publish(self.envoy);
+            let held = mirror.held();
+            if held.0 > 0 || held.1 > 0 {
+                log(
+                    abi::LOG_WARN,
+                    &format!(
+                        "oob-mirror: configuration removed: {} records queued and {} in flight \
+                         are given up (counted in queued_records and inflight_records)",
+                        held.0, held.1
+                    ),
+                );
+            }
+        }
+    }
+}
+
+impl Ticker {
+    fn start(envoy: EnvoyConfig, tick_ms: u64) -> Ticker {
+        // SAFETY: the configuration pointer is live during config_new, where this runs.
+        let scheduler =
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(envoy.0) };
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            let wake = Scheduler(scheduler);
+            std::thread::Builder::new()
+                .name("oob-mirror-tick".to_owned())
+                .spawn(move || {
+                    let wake = wake;
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(tick_ms));
+                        // SAFETY: the scheduler lives until this thread is joined.
+                        unsafe {
+                            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+                                wake.0, 0,
+                            )
+                        };
+                    }
+                })
+                .ok()
+        };
+        if thread.is_none() {
+            log(
+                abi::LOG_ERROR,
+                "oob-mirror: no tick thread: batches leave only as earlier ones return",
+            );
+        }
+        Ticker {
+            stop,
+            thread,
+            scheduler,
+        }
+    }
+}
+
+impl Mirror {
+    fn new(envoy: EnvoyConfig, bytes: &[u8]) -> Result<Mirror, String> {
+        let config = Config::parse(bytes).map_err(|e| format!("invalid configuration: {e}"))?;
+        if config.node.protocol == Protocol::ExtProc {
+            return Err(
+                "node.protocol ext_proc is not supported by the dynamic module (the \
+                        Proxy-Wasm build has it); use batch"
+                    .to_owned(),
+            );
+        }
+        let node_headers = resolve_headers(
+            &config.node.headers,
+            "process environment",
+            "the proxy's env",
+        )
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+        let shard_targets = shard_targets(&config.node.authority, config.node.shards);
+        // One redaction key for every worker: markers correlate across workers here (the
+        // Proxy-Wasm build's random fallback is per VM).
+        let key = redaction_key(&config.redact.key_env)
+            .unwrap_or_else(|| (0..4).flat_map(|_| random_seed().to_le_bytes()).collect());
+        let redactor = Redactor::new(&config.redact, key);
+        // SAFETY: called on the main thread (config_new), as the ABI requires.
+        let concurrency = unsafe { abi::envoy_dynamic_module_callback_get_concurrency() };
+        let workers = (0..concurrency.max(1))
+            .map(|_| {
+                Mutex::new(Worker {
+                    shipper: Shipper::new(&config, redactor.clone()),
+                    ids: IdGenerator::new(random_seed()),
+                    select: Selector::new(&config, random_seed()),
+                    budget: CaptureBudget::new(config.capture.max_buffered_bytes),
+                    connections: ConnectionFactsCache::new(REMEMBERED_CONNECTIONS),
+                })
+            })
+            .collect();
+        let node = &config.node;
+        let line = if node.shards > 1 {
+            format!(
+                "oob-mirror: mirroring to cluster {} (POST {}, {} shards: authority shard-0.{} to \
+                 shard-{}.{}; dynamic module, {} workers)",
+                node.cluster,
+                node.path,
+                node.shards,
+                node.authority,
+                node.shards - 1,
+                node.authority,
+                concurrency.max(1)
+            )
+        } else {
+            format!(
+                "oob-mirror: mirroring to cluster {} (POST {}, authority {}; dynamic module, {} \
+                 workers)",
+                node.cluster,
+                node.path,
+                node.authority,
+                concurrency.max(1)
+            )
+        };
+        log(abi::LOG_INFO, &line);
+        Ok(Mirror {
+            metrics: Mutex::new(Metrics::define(envoy)),
+            config,
+            node_headers,
+            shard_targets,
+            workers,
+            callouts: Mutex::new(HashMap::new()),
+            next_token: AtomicU32::new(1),
+        })
+    }
+
+    /// The worker of Envoy's worker thread `index`.
+    pub fn worker(&self, index: usize) -> Option<MutexGuard<'_, Worker>> {
+        let len = self.workers.len().max(1);
+        self.workers.get(index % len).map(lock)
+    }
+
+    /// Sends every batch that is due, as far as each worker's in-flight bound and backoff
+    /// allow. A worker's lock is not held across the callout, so Envoy calling back inline
+    /// can never find it taken.
+    fn ship(&self, envoy: EnvoyConfig) {
+        let node = &self.config.node;
+        for (index, worker) in self.workers.iter().enumerate() {
+            loop {
+                let now = now_ms();
+                let Some(batch) = lock(worker).shipper.next_batch(now) else {
+                    break;
+                };
+                let records = batch.records.to_string();
+                let shard = usize::try_from(batch.shard)
+                    .ok()
+                    .and_then(|i| self.shard_targets.get(i));
+                let authority = shard.map_or(node.authority.as_str(), |(a, _)| a.as_str());
+                let mut headers = vec![
+                    ModuleHttpHeader::of(b":method", b"POST"),
+                    ModuleHttpHeader::of(b":path", node.path.as_bytes()),
+                    ModuleHttpHeader::of(b":authority", authority.as_bytes()),
+                    ModuleHttpHeader::of(b"content-type", b"application/msgpack"),
+                    ModuleHttpHeader::of(b"x-oob-mirror-version", b"1"),
+                    ModuleHttpHeader::of(b"x-oob-mirror-records", records.as_bytes()),
+                ];
+                if let Some((_, number)) = shard {
+                    headers.push(ModuleHttpHeader::of(
+                        b"x-oob-mirror-shard",
+                        number.as_bytes(),
+                    ));
+                }
+                headers.extend(
+                    self.node_headers
+                        .iter()
+                        .map(|(n, v)| ModuleHttpHeader::of(n.as_bytes(), v.as_bytes())),
+                );
+                let mut callout_id = 0u64;
+                // SAFETY: main thread (tick or callout reply); every buffer lives until the
+                // call returns, and Envoy copies what it keeps.
+                let result = unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
+                        envoy.0,
+                        &mut callout_id,
+                        ModuleBuffer::of(node.cluster.as_bytes()),
+                        headers.as_mut_ptr(),
+                        headers.len(),
+                        ModuleBuffer::of(&batch.body),
+                        node.timeout_ms,
+                    )
+                };
+                let now = now_ms();
+                if result == abi::CALLOUT_INIT_SUCCESS {
+                    let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+                    lock(&self.callouts).insert(callout_id, (index, token));
+                    lock(worker).shipper.dispatched(token, batch, now);
+                } else {
+                    lock(worker)
+                        .shipper
+                        .dispatch_failed(batch, refusal(result), now);
+                }
+            }
+        }
+    }
+
+    fn callout_done(&self, callout_id: u64, status: Option<u32>, body_prefix: &[u8]) {
+        let Some((index, token)) = lock(&self.callouts).remove(&callout_id) else {
+            return;
+        };
+        let reply = Reply::classify(status, body_prefix);
+        if let Some(mut worker) = self.worker(index) {
+            worker.shipper.reply(token, reply, now_ms());
+        }
+    }
+
+    /// Every worker's counters and gauges, summed, published to Envoy.
+    fn publish(&self, envoy: EnvoyConfig) {
+        let mut counters = [0u64; COUNTERS];
+        let mut gauges = [0u64; GAUGES];
+        for worker in &self.workers {
+            let worker = lock(worker);
+            let mut c = *worker.shipper.counters();
+            worker.select.add_to(&mut c);
+            for (sum, (_, v)) in counters.iter_mut().zip(c.named()) {
+                *sum = sum.saturating_add(v);
+            }
+            for (sum, (_, v)) in gauges.iter_mut().zip(worker.shipper.gauges().named()) {
+                *sum = sum.saturating_add(v);
+            }
+        }
+        lock(&self.metrics).publish(envoy, &counters, &gauges);
+    }
+
+    /// Failures and recoveries of delivery, in Envoy's log (rate-limited by `FailureLog`).
+    fn write_log(&self) {
+        for worker in &self.workers {
+            let lines = lock(worker).shipper.log.take();
+            for (level, line) in lines {
+                let level = match level {
+                    Level::Warn => abi::LOG_WARN,
+                    Level::Info => abi::LOG_INFO,
+                };
+                log(level, &line);
+            }
+        }
+    }
+
+    /// Records queued and in flight over every worker.
+    fn held(&self) -> (u64, u64) {
+        self.workers.iter().fold((0, 0), |(q, f), w| {
+            let g = lock(w).shipper.gauges();
+            (q + g.queued_records, f + g.inflight_records)
+        })
+    }
+}
+
+/// A mutex's guard, poisoned or not: a panic caught at the ABI boundary leaves plain data
+/// whose accounting is still worth publishing.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why Envoy refused a callout at once.
+fn refusal(result: u32) -> (Reason, String) {
+    match result {
+        abi::CALLOUT_INIT_CLUSTER_NOT_FOUND => (Reason::UnknownCluster, String::new()),
+        abi::CALLOUT_INIT_MISSING_REQUIRED_HEADERS => {
+            (Reason::Refused, " (missing required headers)".to_owned())
+        }
+        other => (
+            Reason::Refused,
+            format!(" (callout refused: {other}, e.g. no healthy host)"),
+        ),
+    }
+}
+
+const COUNTERS: usize = 28;
+const GAUGES: usize = 5;
+
+/// Envoy's ids of the module's metrics and what was last published: counters go as deltas,
+/// gauges as the sum over workers.
+struct Metrics {
+    counter_ids: Vec<Option<usize>>,
+    gauge_ids: Vec<Option<usize>>,
+    published_counters: [u64; COUNTERS],
+    published_gauges: [u64; GAUGES],
+}
+
+impl Metrics {
+    /// Defines every metric; Envoy allows it only while the configuration is being made.
+    fn define(envoy: EnvoyConfig) -> Metrics {
+        let define = |name: &str, gauge: bool| {
+            let full = format!("{METRIC_PREFIX}{name}");
+            let mut id = 0usize;
+            // SAFETY: config_new on the main thread; the name lives for the call.
+            let result = unsafe {
+                if gauge {
+                    abi::envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                        envoy.0,
+                        ModuleBuffer::of(full.as_bytes()),
+                        std::ptr::null_mut(),
+                        0,
+                        &mut id,
+                    )
+                } else {
+                    abi::envoy_dynamic_module_callback_http_filter_config_define_counter(
+                        envoy.0,
+                        ModuleBuffer::of(full.as_bytes()),
+                        std::ptr::null_mut(),
+                        0,
+                        &mut id,
+                    )
+                }
+            };
+            (result == abi::METRICS_SUCCESS).then_some(id)
+        };
+        Metrics {
+            counter_ids: Counters::default()
+                .named()
+                .iter()
+                .map(|(n, _)| define(n, false))
+                .collect(),
+            gauge_ids: Gauges::default()
+                .named()
+                .iter()
+                .map(|(n, _)| define(n, true))
+                .collect(),
+            published_counters: [0; COUNTERS],
+            published_gauges: [0; GAUGES],
+        }
+    }
+
+    fn publish(&mut self, envoy: EnvoyConfig, counters: &[u64; COUNTERS], gauges: &[u64; GAUGES]) {
+        for ((id, new), old) in self
+            .counter_ids
+            .iter()
+            .zip(counters)
+            .zip(self.published_counters.iter_mut())
+        {
+            if let (Some(id), true) = (id, new > old) {
+                // SAFETY: main thread; an id Envoy gave for this configuration.
+                unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                        envoy.0,
+                        *id,
+                        std::ptr::null_mut(),
+                        0,
+                        new - *old,
+                    )
+                };
+                *old = *new;
+            }
+        }
+        for ((id, new), old) in self
+            .gauge_ids
+            .iter()
+            .zip(gauges)
+            .zip(self.published_gauges.iter_mut())
+        {
+            if let (Some(id), true) = (id, new != old) {
+                // SAFETY: main thread; an id Envoy gave for this configuration.
+                unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                        envoy.0,
+                        *id,
+                        std::ptr::null_mut(),
+                        0,
+                        *new,
+                    )
+                };
+                *old = *new;
+            }
+        }
+    }
+}
+
+/// The body prefix `Reply::classify` needs, from Envoy's response chunks.
+pub fn reply_prefix(chunks: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(REPLY_BODY_PREFIX);
+    for chunk in chunks {
+        let room = REPLY_BODY_PREFIX - out.len();
+        out.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+        if out.len() == REPLY_BODY_PREFIX {
+            break;
+        }
+    }
+    out
+}
