@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::paths::{envoy_bin, wasm_module, TempDir};
+use super::paths::{dynmod_module, envoy_bin, wasm_module, TempDir};
 use super::raw_http;
 
 /// The plugin configuration the tests use unless they say otherwise.
@@ -26,6 +26,9 @@ pub enum Filter {
     None,
     /// The oob-mirror filter first in the chain, with this plugin JSON.
     OobMirror(String),
+    /// The oob-mirror dynamic module (`make dynmod`) first in the chain, with this plugin
+    /// JSON: the same configuration as [`Filter::OobMirror`]'s.
+    DynamicModule(String),
     /// Another HTTP filter first in the chain (e.g. Envoy's own ext_proc, as a reference).
     Http(Value),
     /// The filter as istiod delivers it: by ECDS, the HTTP filter named `name` found in the
@@ -140,7 +143,22 @@ impl EnvoyConfig {
     }
 
     pub fn plugin(mut self, plugin_json: impl Into<String>) -> EnvoyConfig {
-        self.filter = Filter::OobMirror(plugin_json.into());
+        self.filter = match self.filter {
+            Filter::DynamicModule(_) => Filter::DynamicModule(plugin_json.into()),
+            _ => Filter::OobMirror(plugin_json.into()),
+        };
+        self
+    }
+
+    /// The dynamic module instead of the Proxy-Wasm filter, with the plugin JSON it had (or
+    /// [`DEFAULT_PLUGIN_JSON`]); [`Self::module`] then names the shared library.
+    pub fn dynamic_module(mut self) -> EnvoyConfig {
+        self.filter = match self.filter {
+            Filter::OobMirror(plugin) | Filter::DynamicModule(plugin) => {
+                Filter::DynamicModule(plugin)
+            }
+            _ => Filter::DynamicModule(DEFAULT_PLUGIN_JSON.to_string()),
+        };
         self
     }
 
@@ -234,6 +252,10 @@ impl EnvoyConfig {
                     self.failure_policy,
                     &self.vm_env,
                 ));
+            }
+            Filter::DynamicModule(plugin) => {
+                let module = self.module.clone().unwrap_or_else(dynmod_module);
+                http_filters.push(dynamic_module_filter(&module, plugin));
             }
             Filter::Http(filter) => http_filters.push(filter.clone()),
             Filter::Ecds { name, dir } => http_filters.push(json!({
@@ -395,6 +417,50 @@ fn wasm_filter(
             }
         }
     })
+}
+
+/// The dynamic module's filter entry: the shared library by path (Envoy 1.40's
+/// `module.local.filename`), the plugin JSON as a `StringValue`.
+fn dynamic_module_filter(module: &Path, plugin_json: &str) -> Value {
+    json!({
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {
+                "module": { "local": { "filename": module.display().to_string() } }
+            },
+            "filter_name": "oob-mirror",
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": plugin_json
+            }
+        }
+    })
+}
+
+/// Envoy's version as (major, minor, patch), from `envoy --version`.
+pub fn envoy_version() -> (u32, u32, u32) {
+    let bin = envoy_bin();
+    let out = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("run {} --version: {e}", bin.display()));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "... version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    let version = text
+        .split('/')
+        .find(|part| {
+            part.split('.').count() == 3 && part.split('.').all(|n| n.parse::<u32>().is_ok())
+        })
+        .unwrap_or_else(|| panic!("no version in `envoy --version`: {text}"));
+    let mut numbers = version
+        .split('.')
+        .map(|n| n.parse::<u32>().expect("version number"));
+    (
+        numbers.next().expect("major"),
+        numbers.next().expect("minor"),
+        numbers.next().expect("patch"),
+    )
 }
 
 /// A spawned Envoy whose outcome is not known yet.

@@ -1,0 +1,480 @@
+//! The dynamic module (`make dynmod`, `dist/liboob_mirror.so`) under Envoy 1.40: the records
+//! it ships equal the Proxy-Wasm build's field for field, and a node that is down, slow or
+//! resetting changes nothing for clients while the accounting stays exact. Under an Envoy
+//! whose ABI the module was not built for (before 1.40), every test skips with one line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rmpv::Value;
+use support::client::{Client, Proto, Req};
+use support::envoy::envoy_version;
+use support::records::{start_node, Behavior, HeaderValue, Node};
+use support::stats::{self, Stats};
+use support::upstream::pattern;
+use support::{ports, Envoy, EnvoyConfig, Upstream, EVENTUALLY};
+
+/// Whether this Envoy can load the module; if not, says why in one line.
+fn dynmod_supported(test: &str) -> bool {
+    let (major, minor, patch) = envoy_version();
+    if (major, minor) >= (1, 40) {
+        return true;
+    }
+    println!(
+        "{test}: skipped: Envoy {major}.{minor}.{patch} cannot load the dynamic module, which is \
+         built for Envoy 1.40's ABI (v0.2.0, loadable by 1.40 and 1.41; docs/dynamic-module.md)"
+    );
+    false
+}
+
+/// The same exchanges as tests/e2e_capture.rs, each tagged `x-corpus: <n>` so the two
+/// builds' records can be paired.
+fn corpus() -> Vec<Req> {
+    let tag = |r: Req, n: usize| r.header("x-corpus", n.to_string());
+    let chunks: Vec<Vec<u8>> = vec![
+        b"first chunk;".to_vec(),
+        vec![0u8, 1, 2, 255, 254],
+        b"third".repeat(100),
+        b"!".to_vec(),
+    ];
+    vec![
+        tag(
+            Req::get("/echo/items?q=1&name=two%20words")
+                .header("x-dup", "first")
+                .header("x-dup", "second")
+                .header("accept", "application/json"),
+            0,
+        ),
+        tag(
+            Req::post(
+                "/api/users?dry=1",
+                br#"{"user":"alice","roles":["admin","dev"],"n":42}"#.to_vec(),
+            )
+            .header("content-type", "application/json"),
+            1,
+        ),
+        tag(Req::new(Proto::H1, "PUT", "/upload").chunks(chunks), 2),
+        tag(
+            Req::post("/h2/echo?x=y", b"h2 request body".to_vec())
+                .proto(Proto::H2)
+                .header("x-dup", "a")
+                .header("x-dup", "b")
+                .trailer("x-req-trailer", "t1")
+                .trailer("x-req-trailer-2", "t2"),
+            3,
+        ),
+        tag(Req::get("/trailers").proto(Proto::H2), 4),
+        tag(Req::get("/down?x=1"), 5),
+        tag(Req::get("/status/404"), 6),
+        tag(Req::post("/upload-sha", pattern(200_000)), 7),
+    ]
+}
+
+/// A raw HTTP/1.1 exchange with a header value that is not UTF-8 (corpus entry 8).
+fn raw_exchange(envoy: &Envoy) {
+    let mut request = Vec::new();
+    request.extend_from_slice(b"GET /raw-bytes HTTP/1.1\r\nhost: raw.test\r\nx-corpus: 8\r\n");
+    request.extend_from_slice(b"x-bin: a\xff\xfeb\x80\r\n");
+    request.extend_from_slice(b"x-text: plain\r\nconnection: close\r\n\r\n");
+    let resp = support::raw_http::exchange(envoy.addr(), &request, Duration::from_secs(10))
+        .expect("raw exchange");
+    assert_eq!(resp.status, 200, "{}", resp.body_str());
+}
+
+const CORPUS_LEN: usize = 9;
+
+/// Runs the corpus through `envoy`; the node's records of each entry, as raw msgpack maps,
+/// with what differs between any two runs (ids, times, ports, Envoy's request id, dates)
+/// replaced by fixed text.
+fn mirrored(envoy: &Envoy, node: &Node, client: &Client) -> BTreeMap<usize, (Value, Value)> {
+    for req in corpus() {
+        client.send(envoy.addr(), &req);
+    }
+    raw_exchange(envoy);
+    let st = stats::wait_drained_and(envoy, EVENTUALLY, |s| {
+        s.get("records_sent") == 2 * CORPUS_LEN as i128
+    });
+    st.assert_settled(CORPUS_LEN as i128);
+    assert_eq!(st.get("records_sent"), 2 * CORPUS_LEN as i128, "{st:?}");
+    let records = node.records();
+    let mut out = BTreeMap::new();
+    for req in records.iter().filter(|r| r.is_request()) {
+        let n: usize = match req.header("x-corpus") {
+            Some(v) => match v {
+                HeaderValue::Str(t) => t.parse().unwrap(),
+                other => panic!("x-corpus {other:?}"),
+            },
+            None => panic!("a request record without x-corpus: {req:?}"),
+        };
+        let rsp = records
+            .iter()
+            .find(|r| r.is_response() && r.id == req.id)
+            .unwrap_or_else(|| panic!("no response record for {}", req.id));
+        let mut subs: Vec<(String, String)> = vec![
+            (req.id.clone(), "ID".into()),
+            (envoy.addr().to_string(), "ENVOY".into()),
+        ];
+        if let Some(source) = &req.source {
+            subs.push((source.clone(), "CLIENT".into()));
+        }
+        if let Some(HeaderValue::Str(rid)) = req.header("x-request-id") {
+            subs.push((rid.clone(), "REQUEST-ID".into()));
+        }
+        out.insert(n, (normalize(&req.raw, &subs), normalize(&rsp.raw, &subs)));
+    }
+    assert_eq!(out.len(), CORPUS_LEN, "{:?}", out.keys());
+    out
+}
+
+/// `value` with the run-specific fields and texts replaced.
+fn normalize(value: &Value, subs: &[(String, String)]) -> Value {
+    let replace = |bytes: &[u8]| -> Vec<u8> {
+        let mut text = bytes.to_vec();
+        for (from, to) in subs {
+            text = replace_bytes(&text, from.as_bytes(), to.as_bytes());
+        }
+        text
+    };
+    match value {
+        Value::Map(entries) => {
+            let out = entries
+                .iter()
+                .map(|(k, v)| {
+                    let v = match k.as_str().unwrap_or_default() {
+                        "id" => Value::from("ID"),
+                        "ts_ns" | "duration_us" => Value::from(0),
+                        _ => normalize(v, subs),
+                    };
+                    (k.clone(), v)
+                })
+                .collect();
+            Value::Map(out)
+        }
+        Value::Array(items) => {
+            // A header is a [name, value] pair: the values of `date` and Envoy's upstream
+            // timing differ between any two runs.
+            if let [Value::String(name), _] = items.as_slice() {
+                if matches!(
+                    name.as_str(),
+                    Some("date") | Some("x-envoy-upstream-service-time")
+                ) {
+                    return Value::Array(vec![items[0].clone(), Value::from("VARIES")]);
+                }
+            }
+            Value::Array(items.iter().map(|v| normalize(v, subs)).collect())
+        }
+        Value::String(text) => match text.as_str() {
+            Some(t) => Value::from(
+                String::from_utf8(replace(t.as_bytes())).expect("replaced text is UTF-8"),
+            ),
+            None => Value::String(text.clone()),
+        },
+        Value::Binary(bytes) => Value::Binary(replace(bytes)),
+        other => other.clone(),
+    }
+}
+
+fn replace_bytes(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    if from.is_empty() {
+        return haystack.to_vec();
+    }
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn config(upstream: &Upstream, node_port: u16) -> EnvoyConfig {
+    EnvoyConfig::new(upstream.port(), node_port).dead_route("/down")
+}
+
+#[test]
+fn records_equal_the_proxy_wasm_builds_field_for_field() {
+    if !dynmod_supported("records_equal_the_proxy_wasm_builds_field_for_field") {
+        return;
+    }
+    let upstream = Upstream::start();
+    let client = Client::new();
+    let wasm = {
+        let node = start_node();
+        let envoy = Envoy::start(&config(&upstream, node.port()));
+        mirrored(&envoy, &node, &client)
+    };
+    let node = start_node();
+    let envoy = Envoy::start(&config(&upstream, node.port()).dynamic_module());
+    let dynmod = mirrored(&envoy, &node, &client);
+    for n in 0..CORPUS_LEN {
+        let (w, d) = (&wasm[&n], &dynmod[&n]);
+        assert_eq!(
+            d.0, w.0,
+            "corpus entry {n}: the request records differ (left: dynamic module, right: wasm)"
+        );
+        assert_eq!(
+            d.1, w.1,
+            "corpus entry {n}: the response records differ (left: dynamic module, right: wasm)"
+        );
+    }
+    assert_no_module_errors(&envoy);
+}
+
+/// No panic, no refused hook, no unsupported attribute in the module's log lines.
+fn assert_no_module_errors(envoy: &Envoy) {
+    let log = envoy.log();
+    for bad in [
+        "panic",
+        "Unsupported attribute",
+        "][error][dynamic_modules]",
+    ] {
+        assert!(!log.contains(bad), "`{bad}` in Envoy's log:\n{log}");
+    }
+}
+
+/// Requests whose answers do not depend on anything Envoy generates, so runs with and
+/// without the module compare (tests/e2e_node_failures.rs's workload).
+fn workload() -> Vec<Req> {
+    let mut reqs = Vec::new();
+    for round in 0..3 {
+        reqs.push(Req::get(&format!("/download/{}", 1000 + round)));
+        reqs.push(Req::get("/status/404"));
+        reqs.push(Req::post("/upload-sha", pattern(200_000 + round)));
+        reqs.push(Req::get("/download/100000").proto(Proto::H2));
+        reqs.push(Req::get("/status/201").proto(Proto::H2));
+        reqs.push(Req::new(Proto::H2, "PUT", "/upload-sha").body(pattern(70_000)));
+        reqs.push(Req::get("/trailers").proto(Proto::H2));
+    }
+    reqs
+}
+
+type Outcome = Vec<(u16, Vec<u8>, Vec<(String, String)>)>;
+
+fn run(client: &Client, envoy: &Envoy) -> (Outcome, Duration) {
+    let started = Instant::now();
+    let out = workload()
+        .iter()
+        .map(|r| {
+            let resp = client.send(envoy.addr(), r);
+            (resp.status, resp.body, resp.trailers)
+        })
+        .collect();
+    (out, started.elapsed())
+}
+
+/// Runs the workload without a filter, then through the module with `node_port` as the node;
+/// clients must see the same answers in about the same time. The module's metrics once every
+/// record is accounted for.
+fn bad_node_case(node_port: u16) -> (Envoy, Stats) {
+    let upstream = Upstream::start();
+    let client = Client::new();
+    let (expected, baseline_time) = {
+        let plain = Envoy::start(&EnvoyConfig::without_filter(upstream.port()));
+        run(&client, &plain)
+    };
+    let envoy = Envoy::start(&EnvoyConfig::new(upstream.port(), node_port).dynamic_module());
+    let (got, time) = run(&client, &envoy);
+    assert_eq!(got.len(), expected.len());
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        assert!(
+            g == e,
+            "response {i} differs with the module: status {} vs {}, body {} vs {} bytes, \
+             trailers {:?} vs {:?}",
+            g.0,
+            e.0,
+            g.1.len(),
+            e.1.len(),
+            g.2,
+            e.2
+        );
+    }
+    // Holding traffic on the node (timeout_ms 500) would cost >= 0.5 s per exchange.
+    assert!(
+        time < baseline_time + Duration::from_secs(4),
+        "the workload took {time:?} with the module and a bad node, {baseline_time:?} without"
+    );
+    let n = expected.len() as i128;
+    let st = stats::wait_drained_and(&envoy, Duration::from_secs(30), |s| {
+        s.get("records_captured") == 2 * n
+    });
+    st.assert_settled(n);
+    assert_no_module_errors(&envoy);
+    (envoy, st)
+}
+
+#[test]
+fn node_down_changes_nothing_for_clients_and_every_record_is_counted() {
+    if !dynmod_supported("node_down_changes_nothing_for_clients_and_every_record_is_counted") {
+        return;
+    }
+    let (_envoy, st) = bad_node_case(ports::closed_port());
+    let n = workload().len() as i128;
+    assert_eq!(st.get("records_sent"), 0, "{st:?}");
+    assert_eq!(st.get("records_dropped_node_failure"), 2 * n, "{st:?}");
+    assert_eq!(st.get("records_dropped_queue_full"), 0, "{st:?}");
+    assert_eq!(st.get("batches_sent"), 0, "{st:?}");
+    assert!(st.get("batches_failed_reset") > 0, "{st:?}");
+    assert_eq!(
+        st.batches_failed(),
+        st.get("batches_failed_reset"),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn slow_node_changes_nothing_for_clients_and_every_record_is_counted() {
+    if !dynmod_supported("slow_node_changes_nothing_for_clients_and_every_record_is_counted") {
+        return;
+    }
+    let node = start_node();
+    // Slower than node.timeout_ms (500): every batch times out.
+    node.set_behavior(Behavior::Delay(Duration::from_millis(1500)));
+    let (_envoy, st) = bad_node_case(node.port());
+    let n = workload().len() as i128;
+    assert_eq!(st.get("records_sent"), 0, "{st:?}");
+    assert_eq!(st.get("records_dropped_node_failure"), 2 * n, "{st:?}");
+    assert!(st.get("batches_failed_timeout") > 0, "{st:?}");
+    assert_eq!(
+        st.batches_failed(),
+        st.get("batches_failed_timeout"),
+        "{st:?}"
+    );
+    assert!(node.errors().is_empty(), "{:?}", node.errors());
+}
+
+#[test]
+fn resetting_node_changes_nothing_for_clients_and_every_record_is_counted() {
+    if !dynmod_supported("resetting_node_changes_nothing_for_clients_and_every_record_is_counted") {
+        return;
+    }
+    // Accepts each connection and closes it unread: every batch is reset before an answer.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    listener.set_nonblocking(true).unwrap();
+    let resetter = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut resets = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        drop(conn);
+                        resets += 1;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            resets
+        })
+    };
+    let (_envoy, st) = bad_node_case(port);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let resets = resetter.join().unwrap();
+    let n = workload().len() as i128;
+    assert!(resets > 0, "the node never saw a connection");
+    assert_eq!(st.get("records_sent"), 0, "{st:?}");
+    assert_eq!(st.get("records_dropped_node_failure"), 2 * n, "{st:?}");
+    assert!(st.get("batches_failed_reset") > 0, "{st:?}");
+    assert_eq!(
+        st.batches_failed(),
+        st.get("batches_failed_reset"),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn a_refused_configuration_leaves_traffic_passing_with_one_line_saying_why() {
+    if !dynmod_supported("a_refused_configuration_leaves_traffic_passing_with_one_line_saying_why")
+    {
+        return;
+    }
+    let upstream = Upstream::start();
+    let node = start_node();
+    let client = Client::new();
+    for (plugin, why) in [
+        (
+            r#"{"node":{"cluster":"oob_mirror_node","timeout_ms":"soon"}}"#,
+            "oob-mirror: invalid configuration: node.timeout_ms",
+        ),
+        (
+            r#"{"node":{"cluster":"oob_mirror_node","protocol":"ext_proc"}}"#,
+            "oob-mirror: node.protocol ext_proc is not supported by the dynamic module",
+        ),
+    ] {
+        let envoy = Envoy::start(
+            &EnvoyConfig::new(upstream.port(), node.port())
+                .dynamic_module()
+                .plugin(plugin),
+        );
+        let resp = client.send(envoy.addr(), &Req::get("/echo?refused=1"));
+        assert_eq!(resp.status, 200, "{}", resp.body_str());
+        // Envoy flushes its log file every 50 ms here: wait for the line.
+        let log = support::wait::poll_until(EVENTUALLY, || {
+            let log = envoy.log();
+            log.contains(why).then_some(log)
+        })
+        .unwrap_or_else(|| panic!("{plugin}: no `{why}` line:\n{}", envoy.log()));
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("oob-mirror:")).collect();
+        assert_eq!(lines.len(), 1, "{plugin}: {lines:#?}");
+        assert!(
+            lines[0].contains(why) && lines[0].ends_with("traffic passes unmirrored"),
+            "{plugin}: {}",
+            lines[0]
+        );
+        assert!(!log.contains("panic"), "{log}");
+    }
+    // Passing traffic ships nothing: no batch can be on its way.
+    assert!(node.records().is_empty(), "{:?}", node.records().len());
+}
+
+/// envoy/envoy-dynmod.yaml as shipped: Envoy accepts it with the module found by name in
+/// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`, matches the module's ABI version, and the module
+/// accepts the configuration embedded in it (a refused one would pass validation, failing
+/// open, but say so instead of where it mirrors to).
+#[test]
+fn envoy_validates_the_dynamic_module_bootstrap() {
+    if !dynmod_supported("envoy_validates_the_dynamic_module_bootstrap") {
+        return;
+    }
+    let module = support::paths::dynmod_module();
+    let dir = module.parent().expect("the module's directory");
+    assert_eq!(
+        module.file_name().and_then(|n| n.to_str()),
+        Some("liboob_mirror.so"),
+        "Envoy finds the module by name: lib<name>.so"
+    );
+    let log = support::envoy::assert_validates_with_env(
+        &support::paths::repo_root(),
+        std::path::Path::new("envoy/envoy-dynmod.yaml"),
+        &[(
+            "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+            dir.to_str().expect("UTF-8 path"),
+        )],
+    );
+    assert!(
+        log.contains("Dynamic module ABI version v0.2.0 matched."),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "oob-mirror: mirroring to cluster oob_mirror_node (POST /v1/records, authority \
+             oob-mirror-node; dynamic module,"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("traffic passes unmirrored"), "{log}");
+}
