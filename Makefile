@@ -314,7 +314,7 @@ PROFILE_SHARDS    ?= 1
 PROFILE_FLAGS     ?=
 
 .PHONY: profile
-profile: setup wasm extproc-sink
+profile: setup wasm dynmod extproc-sink
 	@bash tools/ensure_packages.sh valgrind
 	$(CARGO) build --release --target $(WASM_TARGET) --manifest-path '$(EMPTY_FILTER_DIR)/Cargo.toml' \
 	  --target-dir '$(EMPTY_FILTER_DIR)/target'
@@ -327,7 +327,7 @@ profile: setup wasm extproc-sink
 	@echo "profile: Envoy, one worker, under callgrind"
 	'$(PYTHON)' tools/profile/envoy_instructions.py --envoy '$(ENVOY_BIN)' --module '$(WASM_OUT)' \
 	  --empty-module '$(EMPTY_FILTER_WASM)' --requests $(PROFILE_REQUESTS) \
-	  --shards '$(PROFILE_SHARDS)' --extproc-sink '$(EXTPROC_SINK)' \
+	  --shards '$(PROFILE_SHARDS)' --extproc-sink '$(EXTPROC_SINK)' --dynmod '$(DYNMOD_OUT)' \
 	  $(PROFILE_FLAGS)
 
 # --- fuzzing (tools/fuzz) and the core's unit tests on wasm32 -----------------------------------

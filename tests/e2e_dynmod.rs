@@ -322,6 +322,18 @@ fn node_down_changes_nothing_for_clients_and_every_record_is_counted() {
     }
     let (_envoy, st) = bad_node_case(ports::closed_port());
     let n = workload().len() as i128;
+    // The metrics keep the Proxy-Wasm build's names, under the dynamic modules' prefix.
+    assert!(
+        st.raw
+            .iter()
+            .all(|(name, _)| name.starts_with("dynamicmodulescustom.oob_mirror.")),
+        "{:?}",
+        st.raw
+    );
+    assert!(
+        st.has("records_captured") && st.has("queued_records"),
+        "{st:?}"
+    );
     assert_eq!(st.get("records_sent"), 0, "{st:?}");
     assert_eq!(st.get("records_dropped_node_failure"), 2 * n, "{st:?}");
     assert_eq!(st.get("records_dropped_queue_full"), 0, "{st:?}");
