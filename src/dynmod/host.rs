@@ -4,7 +4,30 @@
 
 use super::abi::{self, EnvoyBuffer, EnvoyHttpHeader, HttpFilterEnvoyPtr, ModuleBuffer};
 use crate::connection_facts::ConnectionFacts;
+use crate::record::HeaderList;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Header maps up to this many fields (most) are read into a stack buffer; larger ones into
+/// the heap. Small, as the buffer is zeroed on every read.
+const STACK_HEADERS: usize = 24;
+
+/// Room for the pseudo-headers of a request (`:method`, `:scheme`, `:authority`, `:path`,
+/// `:protocol`) or a response (`:status`).
+const PSEUDO_HEADERS: usize = 5;
+
+/// Bytes as text, lossy only where they are not UTF-8: `String::from_utf8_lossy`'s result,
+/// without its chunk-by-chunk scan for the common case.
+fn text(bytes: &[u8]) -> String {
+    // Header names and most values are ASCII, which `is_ascii` tells a word at a time.
+    if bytes.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        return unsafe { String::from_utf8_unchecked(bytes.to_vec()) };
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
 
 /// A filter pointer of the current event hook.
 #[derive(Clone, Copy)]
@@ -14,14 +37,53 @@ impl Filter {
     /// A header or trailer map (`abi::REQUEST_HEADER`, ...), every field in Envoy's order with
     /// its raw value bytes; empty when there is none.
     pub fn headers(self, header_type: u32) -> Vec<(String, Vec<u8>)> {
+        let mut all = Vec::new();
+        self.read_headers(header_type, |count, name, value| {
+            if all.capacity() == 0 {
+                all.reserve_exact(count);
+            }
+            all.push((name, value));
+        });
+        all
+    }
+
+    /// A header map split as `crate::record::split_pseudo_headers` splits it (pseudo-headers,
+    /// then the others, each in Envoy's order), without building the whole list first.
+    pub fn split_headers(self, header_type: u32) -> (HeaderList, HeaderList) {
+        let mut pseudo = Vec::with_capacity(PSEUDO_HEADERS);
+        let mut regular = Vec::new();
+        self.read_headers(header_type, |count, name, value| {
+            if regular.capacity() == 0 {
+                regular.reserve_exact(count);
+            }
+            if name.starts_with(':') {
+                pseudo.push((name, value));
+            } else {
+                regular.push((name, value));
+            }
+        });
+        (pseudo, regular)
+    }
+
+    /// Calls `each` with the map's size and every field of it, copied out of Envoy.
+    fn read_headers(self, header_type: u32, mut each: impl FnMut(usize, String, Vec<u8>)) {
         // SAFETY: the filter pointer is live during the hook.
         let count = unsafe {
             abi::envoy_dynamic_module_callback_http_get_headers_size(self.0, header_type)
         };
         if count == 0 {
-            return Vec::new();
+            return;
         }
-        let mut raw = vec![EnvoyHttpHeader::EMPTY; count];
+        // Most maps fit on the stack: one allocation fewer per map.
+        let mut on_stack = [EnvoyHttpHeader::EMPTY; STACK_HEADERS];
+        let mut on_heap = Vec::new();
+        let raw: &mut [EnvoyHttpHeader] = match on_stack.get_mut(..count) {
+            Some(raw) => raw,
+            None => {
+                on_heap.resize(count, EnvoyHttpHeader::EMPTY);
+                &mut on_heap
+            }
+        };
         // SAFETY: `raw` holds `count` entries, as many as Envoy just said it has.
         let ok = unsafe {
             abi::envoy_dynamic_module_callback_http_get_headers(
@@ -31,29 +93,27 @@ impl Filter {
             )
         };
         if !ok {
-            return Vec::new();
+            return;
         }
-        raw.iter()
-            .map(|h| {
-                // SAFETY: Envoy filled each entry with buffers valid until the hook returns;
-                // they are copied here.
-                let (key, value) = unsafe {
-                    (
-                        EnvoyBuffer {
-                            ptr: h.key_ptr,
-                            length: h.key_length,
-                        }
-                        .as_slice(),
-                        EnvoyBuffer {
-                            ptr: h.value_ptr,
-                            length: h.value_length,
-                        }
-                        .as_slice(),
-                    )
-                };
-                (String::from_utf8_lossy(key).into_owned(), value.to_vec())
-            })
-            .collect()
+        for h in raw.iter() {
+            // SAFETY: Envoy filled each entry with buffers valid until the hook returns; they
+            // are copied here.
+            let (key, value) = unsafe {
+                (
+                    EnvoyBuffer {
+                        ptr: h.key_ptr,
+                        length: h.key_length,
+                    }
+                    .as_slice(),
+                    EnvoyBuffer {
+                        ptr: h.value_ptr,
+                        length: h.value_length,
+                    }
+                    .as_slice(),
+                )
+            };
+            each(count, text(key), value.to_vec());
+        }
     }
 
     /// The size of the body chunk this hook received (`abi::RECEIVED_REQUEST_BODY` or
@@ -114,7 +174,7 @@ impl Filter {
             return None;
         }
         // SAFETY: the attribute's bytes are valid until the hook returns; copied here.
-        Some(String::from_utf8_lossy(unsafe { out.as_slice() }).into_owned())
+        Some(text(unsafe { out.as_slice() }))
     }
 
     /// An integer attribute; `None` when Envoy has none.

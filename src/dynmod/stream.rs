@@ -6,7 +6,7 @@ use super::abi;
 use super::host::{now_ns, ns_to_ms, Filter};
 use super::module::{Mirror, Worker};
 use crate::body::BodyCapture;
-use crate::record::{header_text, split_pseudo_headers, RequestRecord, ResponseRecord};
+use crate::record::{header_text, RequestRecord, ResponseRecord};
 use crate::select::{skip_body, Request};
 use std::sync::MutexGuard;
 
@@ -75,6 +75,14 @@ impl<'m> MirrorStream<'m> {
         }
     }
 
+    /// Takes up to `bytes` of what this stream holds off its count, to be given back by the
+    /// caller.
+    fn take_held(&mut self, bytes: usize) -> usize {
+        let bytes = bytes.min(self.held);
+        self.held -= bytes;
+        bytes
+    }
+
     fn skips_body(&self, headers: &[(String, Vec<u8>)]) -> bool {
         let content_type = headers
             .iter()
@@ -88,7 +96,7 @@ impl<'m> MirrorStream<'m> {
 
     /// Starts the request record; false when the exchange is not mirrored.
     fn start_request(&mut self, filter: Filter, ts_ns: u64) -> bool {
-        let (pseudo, headers) = split_pseudo_headers(filter.headers(abi::REQUEST_HEADER));
+        let (pseudo, headers) = filter.split_headers(abi::REQUEST_HEADER);
         let connection_id = filter.connection_id();
         let (id, connection) = {
             let Some(mut worker) = self.worker() else {
@@ -166,12 +174,14 @@ impl<'m> MirrorStream<'m> {
             }
         };
         request.complete = complete;
+        let held = self.take_held(request.body.bytes().len());
         if let Some(mut worker) = self.worker() {
             worker
                 .shipper
                 .capture_request(&mut request, ns_to_ms(at_ns));
+            // The bytes are in the queue now: the budget gets them back under the same lock.
+            worker.budget.release(held);
         }
-        self.release(request.body.bytes().len());
     }
 
     fn queue_response(&mut self, filter: Filter, end_ns: u64) {
@@ -192,12 +202,13 @@ impl<'m> MirrorStream<'m> {
             response.details = self.details(filter);
         }
         response.duration_us = end_ns.saturating_sub(self.request_ts_ns) / 1000;
+        let held = self.take_held(response.body.bytes().len());
         if let Some(mut worker) = self.worker() {
             worker
                 .shipper
                 .capture_response(&mut response, ns_to_ms(end_ns));
+            worker.budget.release(held);
         }
-        self.release(response.body.bytes().len());
     }
 
     /// `response.code_details`: Envoy's attribute when this Envoy serves it, else what its
@@ -260,7 +271,7 @@ impl MirrorStream<'_> {
         if !self.mirrored() {
             return;
         }
-        let (pseudo, headers) = split_pseudo_headers(filter.headers(abi::RESPONSE_HEADER));
+        let (pseudo, headers) = filter.split_headers(abi::RESPONSE_HEADER);
         if self.skips_body(&headers) {
             self.response.body = BodyCapture::skipped();
         }
