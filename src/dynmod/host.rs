@@ -17,7 +17,7 @@ const PSEUDO_HEADERS: usize = 5;
 
 /// Bytes as text, lossy only where they are not UTF-8: `String::from_utf8_lossy`'s result,
 /// without its chunk-by-chunk scan for the common case.
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     // Header names and most values are ASCII, which `is_ascii` tells a word at a time.
     if bytes.is_ascii() {
         // SAFETY: ASCII bytes are valid UTF-8.
@@ -27,6 +27,15 @@ fn text(bytes: &[u8]) -> String {
         Ok(text) => text.to_owned(),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
+}
+
+/// `crate::record::header_text`'s result (a header's value as text, lossy only where it is not
+/// UTF-8), by [`text`].
+pub fn header_text(headers: &[(String, Vec<u8>)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| text(value))
 }
 
 /// A filter pointer of the current event hook.

@@ -7,6 +7,7 @@
 //! returns `Continue`: the module never holds or changes client traffic.
 
 mod abi;
+mod alloc;
 mod host;
 mod module;
 mod stream;
@@ -21,12 +22,8 @@ use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use stream::MirrorStream;
 
-// A record is built from a few dozen small allocations (header names and values, ids); glibc's
-// malloc and free cost ~220 instructions a pair in Envoy's process, mimalloc's thread-local free
-// lists a fraction of that (make profile, docs/performance.md). Only this library's own
-// allocations use it; Envoy keeps its allocator.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Mimalloc = alloc::Mimalloc;
 
 /// Runs `f`, turning a panic into `fallback` (the panic hook has logged it).
 fn guarded<T>(fallback: T, f: impl FnOnce() -> T) -> T {

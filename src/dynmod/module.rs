@@ -226,7 +226,7 @@ impl Mirror {
         let redactor = Redactor::new(&config.redact, key);
         // SAFETY: called on the main thread (config_new), as the ABI requires.
         let concurrency = unsafe { abi::envoy_dynamic_module_callback_get_concurrency() };
-        let workers = (0..concurrency.max(1))
+        let workers: Vec<Mutex<Worker>> = (0..concurrency.max(1))
             .map(|_| {
                 Mutex::new(Worker {
                     shipper: Shipper::new(&config, redactor.clone()),
@@ -262,7 +262,7 @@ impl Mirror {
         };
         log(abi::LOG_INFO, &line);
         Ok(Mirror {
-            metrics: Mutex::new(Metrics::define(envoy)),
+            metrics: Mutex::new(Metrics::define(envoy, workers.len())),
             config,
             node_headers,
             shard_targets,
@@ -351,22 +351,39 @@ impl Mirror {
         }
     }
 
-    /// Every worker's counters and gauges, summed, published to Envoy.
+    /// Every worker's counters and gauges, summed, published to Envoy: nothing when no worker's
+    /// changed since the last tick (most ticks of an idle or lightly loaded proxy).
     fn publish(&self, envoy: EnvoyConfig) {
+        let mut metrics = lock(&self.metrics);
+        let mut changed = false;
+        let snapshots: Vec<(Counters, Gauges)> = self
+            .workers
+            .iter()
+            .zip(metrics.last_seen.iter_mut())
+            .map(|(worker, last)| {
+                let worker = lock(worker);
+                let mut c = *worker.shipper.counters();
+                worker.select.add_to(&mut c);
+                let now = (c, worker.shipper.gauges());
+                changed |= *last != Some(now);
+                *last = Some(now);
+                now
+            })
+            .collect();
+        if !changed {
+            return;
+        }
         let mut counters = [0u64; COUNTERS];
         let mut gauges = [0u64; GAUGES];
-        for worker in &self.workers {
-            let worker = lock(worker);
-            let mut c = *worker.shipper.counters();
-            worker.select.add_to(&mut c);
+        for (c, g) in &snapshots {
             for (sum, (_, v)) in counters.iter_mut().zip(c.named()) {
                 *sum = sum.saturating_add(v);
             }
-            for (sum, (_, v)) in gauges.iter_mut().zip(worker.shipper.gauges().named()) {
+            for (sum, (_, v)) in gauges.iter_mut().zip(g.named()) {
                 *sum = sum.saturating_add(v);
             }
         }
-        lock(&self.metrics).publish(envoy, &counters, &gauges);
+        metrics.publish(envoy, &counters, &gauges);
     }
 
     /// Failures and recoveries of delivery, in Envoy's log (rate-limited by `FailureLog`).
@@ -424,11 +441,13 @@ struct Metrics {
     gauge_ids: Vec<Option<usize>>,
     published_counters: [u64; COUNTERS],
     published_gauges: [u64; GAUGES],
+    /// Each worker's counters and gauges at the last tick.
+    last_seen: Vec<Option<(Counters, Gauges)>>,
 }
 
 impl Metrics {
     /// Defines every metric; Envoy allows it only while the configuration is being made.
-    fn define(envoy: EnvoyConfig) -> Metrics {
+    fn define(envoy: EnvoyConfig, workers: usize) -> Metrics {
         let define = |name: &str, gauge: bool| {
             let full = format!("{METRIC_PREFIX}{name}");
             let mut id = 0usize;
@@ -467,6 +486,7 @@ impl Metrics {
                 .collect(),
             published_counters: [0; COUNTERS],
             published_gauges: [0; GAUGES],
+            last_seen: vec![None; workers],
         }
     }
 

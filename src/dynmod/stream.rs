@@ -3,10 +3,10 @@
 //! record fields). Every hook returns `Continue`; nothing here holds or changes client traffic.
 
 use super::abi;
-use super::host::{now_ns, ns_to_ms, Filter};
+use super::host::{header_text, now_ns, ns_to_ms, Filter};
 use super::module::{Mirror, Worker};
 use crate::body::BodyCapture;
-use crate::record::{header_text, RequestRecord, ResponseRecord};
+use crate::record::{RequestRecord, ResponseRecord};
 use crate::select::{skip_body, Request};
 use std::sync::MutexGuard;
 
