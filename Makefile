@@ -5,6 +5,7 @@
 #   make wasm    dist/oob_mirror.wasm (release, size-checked)
 #   make wasm-trap  dist/oob_mirror_trap.wasm (test-only trap build, for tests/e2e_trap.rs)
 #   make dynmod  dist/liboob_mirror.so: the same core as an Envoy dynamic module (docs/dynamic-module.md)
+#   make dynmod-trap  dist/liboob_mirror_trap.so (test-only panic build, for tests/e2e_dynmod.rs)
 #   make node    target/release/oob-mirror-node (the analysis node: CRS, store, console, API)
 #   make sink    the same as make node (old name, kept for one release)
 #   make extproc-sink  tools/extproc-sink: recording ext_proc server (tests, bench, demo)
@@ -68,8 +69,11 @@ DYNMOD_BUILT := target/dynmod/liboob_mirror.so
 DYNMOD_OUT   := dist/liboob_mirror.so
 OOB_MIRROR_DYNMOD := $(CURDIR)/$(DYNMOD_OUT)
 export OOB_MIRROR_DYNMOD
+DYNMOD_TRAP_OUT := dist/liboob_mirror_trap.so
+OOB_MIRROR_DYNMOD_TRAP := $(CURDIR)/$(DYNMOD_TRAP_OUT)
+export OOB_MIRROR_DYNMOD_TRAP
 
-.PHONY: setup wasm node sink extproc-sink lint test demo clean wasm-trap soak dynmod
+.PHONY: setup wasm node sink extproc-sink lint test demo clean wasm-trap soak dynmod dynmod-trap
 .PHONY: oci push node-image push-node
 
 # libmodsecurity and OWASP CRS: the analysis node (oob-mirror-node --detect); Chromium: the test
@@ -147,6 +151,13 @@ dynmod:
 	cp '$(DYNMOD_BUILT)' '$(DYNMOD_OUT)'
 	@echo "$(DYNMOD_OUT): $$(wc -c < '$(DYNMOD_OUT)') bytes"
 
+# Test-only: the dynamic module that panics on `x-oob-mirror-trap: 1` (tests/e2e_dynmod.rs), in
+# its own target dir so it never replaces the release library.
+dynmod-trap:
+	$(CARGO) build --profile dynmod --lib --features dynmod,test-trap --target-dir '$(WASM_TRAP_DIR)'
+	@mkdir -p dist
+	cp '$(WASM_TRAP_DIR)/dynmod/liboob_mirror.so' '$(DYNMOD_TRAP_OUT)'
+
 node:
 	@bash tools/ensure_packages.sh $(NODE_PACKAGES)
 	$(CARGO) build --release -p oob-mirror-node
@@ -192,11 +203,12 @@ lint:
 	$(CARGO) clippy --target $(WASM_TARGET) --lib --features test-trap -- -D warnings
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --lib --features dynmod -- -D warnings
+	$(CARGO) clippy --lib --features dynmod,test-trap -- -D warnings
 	$(CARGO) fmt --manifest-path tools/extproc-sink/Cargo.toml --check
 	$(CARGO) clippy --release --manifest-path tools/extproc-sink/Cargo.toml \
 	  --target-dir tools/extproc-sink/target -- -D warnings
 
-test: setup wasm wasm-trap dynmod extproc-sink istio-tools node
+test: setup wasm wasm-trap dynmod dynmod-trap extproc-sink istio-tools node
 	@echo "test: ENVOY_BIN=$(ENVOY_BIN) OOB_MIRROR_WASM=$(OOB_MIRROR_WASM) OOB_MIRROR_DYNMOD=$(OOB_MIRROR_DYNMOD)"
 	@echo "test: $$('$(ENVOY_BIN)' --version | grep -o 'version: .*')"
 	@mkdir -p target

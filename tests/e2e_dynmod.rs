@@ -490,3 +490,65 @@ fn envoy_validates_the_dynamic_module_bootstrap() {
     );
     assert!(!log.contains("traffic passes unmirrored"), "{log}");
 }
+
+/// A panic in a hook (the test-only build `make dynmod-trap` panics on `x-oob-mirror-trap: 1`)
+/// stays in the module: the client gets the upstream's answer, Envoy logs one line naming the
+/// panic, and the next exchanges are mirrored as before.
+#[test]
+fn a_panic_stays_in_the_module_and_the_exchange_passes() {
+    if !dynmod_supported("a_panic_stays_in_the_module_and_the_exchange_passes") {
+        return;
+    }
+    let upstream = Upstream::start();
+    let node = start_node();
+    let client = Client::new();
+    let envoy = Envoy::start(
+        &EnvoyConfig::new(upstream.port(), node.port())
+            .dynamic_module()
+            .module(support::paths::dynmod_trap_module())
+            .concurrency(1),
+    );
+    let resp = client.send(
+        envoy.addr(),
+        &Req::post("/echo?trap=1", "trap").header("x-oob-mirror-trap", "1"),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.body_str());
+    assert_eq!(
+        support::upstream::Echo::parse(&resp.body).body_len,
+        4,
+        "the upstream got the request whole"
+    );
+    let panic_line = "oob-mirror: panic at src/dynmod/stream.rs:";
+    let log = support::wait::poll_until(EVENTUALLY, || {
+        let log = envoy.log();
+        log.contains(panic_line).then_some(log)
+    })
+    .unwrap_or_else(|| panic!("no `{panic_line}` line:\n{}", envoy.log()));
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("oob-mirror: panic"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0]
+            .ends_with(": x-oob-mirror-trap: 1 (test-trap build); this exchange passes unmirrored"),
+        "{}",
+        lines[0]
+    );
+
+    // The process and the module go on: the next exchange is mirrored.
+    let resp = client.send(envoy.addr(), &Req::get("/echo?after=1"));
+    assert_eq!(resp.status, 200);
+    let st = stats::wait_drained_and(&envoy, EVENTUALLY, |s| s.get("records_sent") == 2);
+    st.assert_settled(1);
+    assert_eq!(st.get("records_sent"), 2, "{st:?}");
+    let records = node.records();
+    assert_eq!(
+        records.len(),
+        2,
+        "only the exchange after the panic: {records:?}"
+    );
+    assert!(records
+        .iter()
+        .all(|r| r.path.as_deref().unwrap_or("/echo?after=1") == "/echo?after=1"));
+}

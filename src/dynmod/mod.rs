@@ -55,7 +55,20 @@ unsafe fn with_stream(ptr: HttpFilterModulePtr, f: impl FnOnce(&mut MirrorStream
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     // A panic anywhere leaves one line that says it was ours; the hook's guard then recovers.
     std::panic::set_hook(Box::new(|info| {
-        log(abi::LOG_ERROR, &format!("oob-mirror: panic: {info}"));
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        // One line, the place first (std's own text puts the message on a line of its own).
+        let place = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+        log(
+            abi::LOG_ERROR,
+            &format!("oob-mirror: panic{place}: {message}; this exchange passes unmirrored"),
+        );
     }));
     abi::ABI_VERSION.as_ptr().cast()
 }
@@ -68,11 +81,18 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     _name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> HttpFilterConfigModulePtr {
-    guarded(std::ptr::null(), || {
-        // SAFETY: Envoy's buffer, valid for this call; parsed before it returns.
-        let bytes = unsafe { config.as_slice() };
-        Box::into_raw(Box::new(Module::new(envoy, bytes))) as HttpFilterConfigModulePtr
-    })
+    // SAFETY: Envoy's buffer, valid for this call; parsed before it returns.
+    let bytes = unsafe { config.as_slice() };
+    // Never null, which would make Envoy refuse the configuration: a panic leaves a module that
+    // passes traffic (the panic hook has said why).
+    let module = guarded(None, || Some(Module::new(envoy, bytes))).unwrap_or_else(|| {
+        log(
+            abi::LOG_ERROR,
+            "oob-mirror: the configuration could not be applied; traffic passes unmirrored",
+        );
+        Module::passing(envoy)
+    });
+    Box::into_raw(Box::new(module)) as HttpFilterConfigModulePtr
 }
 
 /// # Safety
@@ -182,15 +202,17 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: HttpFilterConfigModulePtr,
     envoy: HttpFilterEnvoyPtr,
 ) -> HttpFilterModulePtr {
-    guarded(std::ptr::null_mut(), || {
+    // Never null, which would make Envoy close the stream: a panic leaves the stream passing.
+    let mut state: Box<StreamBox> = Box::new(None);
+    guarded((), || {
         // SAFETY: Envoy destroys a configuration only after every stream made from it, so the
         // module outlives this stream's state.
         let module: Option<&'static Module> = unsafe { config.cast::<Module>().as_ref() };
-        let state: StreamBox = module
+        *state = module
             .and_then(|m| m.mirror.as_ref())
             .map(|mirror| MirrorStream::new(mirror, Filter(envoy).worker_index()));
-        Box::into_raw(Box::new(state)).cast()
-    })
+    });
+    Box::into_raw(state).cast()
 }
 
 /// # Safety

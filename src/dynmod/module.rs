@@ -123,6 +123,15 @@ impl Module {
         }
     }
 
+    /// A module that passes traffic and mirrors nothing.
+    pub fn passing(envoy: HttpFilterConfigEnvoyPtr) -> Module {
+        Module {
+            envoy: EnvoyConfig(envoy),
+            mirror: None,
+            ticker: None,
+        }
+    }
+
     /// The main thread's tick: ships what is due, publishes metrics, writes the failure log.
     pub fn tick(&self) {
         if let Some(mirror) = &self.mirror {

@@ -239,6 +239,8 @@ impl Drop for MirrorStream<'_> {
 /// Envoy's event hooks.
 impl MirrorStream<'_> {
     pub fn on_request_headers(&mut self, filter: Filter, end_of_stream: bool) {
+        #[cfg(feature = "test-trap")]
+        panic_if_asked(filter);
         let ts_ns = now_ns();
         if self.start_request(filter, ts_ns) && end_of_stream {
             self.queue_request(true, ts_ns);
@@ -312,5 +314,20 @@ impl MirrorStream<'_> {
             self.queue_request(false, end_ns);
             self.queue_response(filter, end_ns);
         }
+    }
+}
+
+/// Test-only (`--features test-trap`, never in the release library, `make dynmod-trap`): a
+/// request carrying `x-oob-mirror-trap: 1` panics in this hook, so the end-to-end tests can show
+/// that the panic stays in the module and the exchange passes.
+#[cfg(feature = "test-trap")]
+#[allow(clippy::panic)]
+fn panic_if_asked(filter: Filter) {
+    let asked = filter
+        .headers(abi::REQUEST_HEADER)
+        .iter()
+        .any(|(name, value)| name == "x-oob-mirror-trap" && value.as_slice() == b"1");
+    if asked {
+        panic!("x-oob-mirror-trap: 1 (test-trap build)");
     }
 }
