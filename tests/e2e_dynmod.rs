@@ -75,7 +75,34 @@ fn corpus() -> Vec<Req> {
         tag(Req::get("/down?x=1"), 5),
         tag(Req::get("/status/404"), 6),
         tag(Req::post("/upload-sha", pattern(200_000)), 7),
+        tag(Req::get("/stream/100").header("x-tag", "stream"), 9),
     ]
+}
+
+/// A client that vanishes mid-upload (corpus entry 10): an incomplete request, no response,
+/// Envoy's reason for it.
+fn aborted_upload(envoy: &Envoy, upstream: &Upstream) {
+    use std::io::Write;
+    let before = upstream.body_bytes_received();
+    let mut stream = std::net::TcpStream::connect(envoy.addr()).unwrap();
+    stream
+        .write_all(
+            b"POST /abort?x=1 HTTP/1.1\r\nhost: abort.test\r\nx-corpus: 10\r\n\
+              content-length: 100\r\n\r\n0123456789",
+        )
+        .unwrap();
+    stream.flush().unwrap();
+    // Vanish only once the 10 bytes went through the filter chain to the upstream.
+    let forwarded = support::wait::poll_until(EVENTUALLY, || {
+        let n = upstream.body_bytes_received() - before;
+        (n >= 10).then_some(n)
+    });
+    assert_eq!(
+        forwarded,
+        Some(10),
+        "the upstream got the first 10 body bytes"
+    );
+    drop(stream);
 }
 
 /// A raw HTTP/1.1 exchange with a header value that is not UTF-8 (corpus entry 8).
@@ -89,16 +116,22 @@ fn raw_exchange(envoy: &Envoy) {
     assert_eq!(resp.status, 200, "{}", resp.body_str());
 }
 
-const CORPUS_LEN: usize = 9;
+const CORPUS_LEN: usize = 11;
 
 /// Runs the corpus through `envoy`; the node's records of each entry, as raw msgpack maps,
 /// with what differs between any two runs (ids, times, ports, Envoy's request id, dates)
 /// replaced by fixed text.
-fn mirrored(envoy: &Envoy, node: &Node, client: &Client) -> BTreeMap<usize, (Value, Value)> {
+fn mirrored(
+    envoy: &Envoy,
+    upstream: &Upstream,
+    node: &Node,
+    client: &Client,
+) -> BTreeMap<usize, (Value, Value)> {
     for req in corpus() {
         client.send(envoy.addr(), &req);
     }
     raw_exchange(envoy);
+    aborted_upload(envoy, upstream);
     let st = stats::wait_drained_and(envoy, EVENTUALLY, |s| {
         s.get("records_sent") == 2 * CORPUS_LEN as i128
     });
@@ -214,11 +247,11 @@ fn records_equal_the_proxy_wasm_builds_field_for_field() {
     let wasm = {
         let node = start_node();
         let envoy = Envoy::start(&config(&upstream, node.port()));
-        mirrored(&envoy, &node, &client)
+        mirrored(&envoy, &upstream, &node, &client)
     };
     let node = start_node();
     let envoy = Envoy::start(&config(&upstream, node.port()).dynamic_module());
-    let dynmod = mirrored(&envoy, &node, &client);
+    let dynmod = mirrored(&envoy, &upstream, &node, &client);
     for n in 0..CORPUS_LEN {
         let (w, d) = (&wasm[&n], &dynmod[&n]);
         assert_eq!(
