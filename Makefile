@@ -294,7 +294,7 @@ BENCH_WARMUP      ?= 3
 BENCH_CONNECTIONS ?= 16
 .PHONY: bench bench-memory bench-slow-node bench-node bench-setup
 
-bench-setup: setup wasm node
+bench-setup: setup wasm dynmod node
 	bash tools/bench/setup.sh
 	$(CARGO) build --release --target $(WASM_TARGET) --manifest-path '$(EMPTY_FILTER_DIR)/Cargo.toml' \
 	  --target-dir '$(EMPTY_FILTER_DIR)/target'
