@@ -585,3 +585,83 @@ fn a_panic_stays_in_the_module_and_the_exchange_passes() {
         .iter()
         .all(|r| r.path.as_deref().unwrap_or("/echo?after=1") == "/echo?after=1"));
 }
+
+/// Redaction is the same code in both builds: given the same key (the VM's environment for
+/// Proxy-Wasm, Envoy's own for the dynamic module), the records carry the same markers, and no
+/// secret reaches the node. `node.headers[].value_env` comes from Envoy's environment too.
+#[test]
+fn redaction_markers_equal_the_proxy_wasm_builds_given_the_same_key() {
+    if !dynmod_supported("redaction_markers_equal_the_proxy_wasm_builds_given_the_same_key") {
+        return;
+    }
+    const KEY: &str = "a-key-both-builds-share";
+    const TOKEN: &str = "node-token-from-the-environment";
+    let secrets = [
+        "bearer-secret-1234",
+        "cookie-secret-5678",
+        "pw-secret-90",
+        "qs-secret-11",
+    ];
+    let plugin = r#"{"node":{"cluster":"oob_mirror_node","timeout_ms":500,
+        "headers":[{"name":"x-node-token","value_env":"OOB_MIRROR_TEST_NODE_TOKEN"}]},
+        "batch":{"flush_ms":20},"redact":{"mode":"gateway"}}"#;
+    let upstream = Upstream::start();
+    let client = Client::new();
+    let mut results = Vec::new();
+    for dynamic in [false, true] {
+        let node = start_node();
+        let mut config = EnvoyConfig::new(upstream.port(), node.port()).plugin(plugin);
+        config = if dynamic {
+            config
+                .dynamic_module()
+                .process_env("OOB_MIRROR_REDACT_KEY", KEY)
+                .process_env("OOB_MIRROR_TEST_NODE_TOKEN", TOKEN)
+        } else {
+            config
+                .vm_env("OOB_MIRROR_REDACT_KEY", KEY)
+                .vm_env("OOB_MIRROR_TEST_NODE_TOKEN", TOKEN)
+        };
+        let envoy = Envoy::start(&config);
+        let body = format!(r#"{{"user":"ann","password":"{}","n":1}}"#, secrets[2]);
+        let req = Req::post(&format!("/login?access_token={}&page=1", secrets[3]), body)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", secrets[0]))
+            .header("cookie", format!("session={}", secrets[1]))
+            .header("x-corpus", "0");
+        assert_eq!(client.send(envoy.addr(), &req).status, 200);
+        let st = stats::wait_drained_and(&envoy, EVENTUALLY, |s| s.get("records_sent") == 2);
+        st.assert_settled(1);
+        let records = node.records();
+        assert_eq!(records.len(), 2, "{records:?}");
+        for batch in node.batches() {
+            assert_eq!(batch.header("x-node-token"), Some(TOKEN), "{batch:?}");
+        }
+        let req = records.iter().find(|r| r.is_request()).unwrap();
+        let rsp = records.iter().find(|r| r.is_response()).unwrap();
+        let mut subs: Vec<(String, String)> = vec![
+            (req.id.clone(), "ID".into()),
+            (envoy.addr().to_string(), "ENVOY".into()),
+        ];
+        if let Some(source) = &req.source {
+            subs.push((source.clone(), "CLIENT".into()));
+        }
+        if let Some(HeaderValue::Str(rid)) = req.header("x-request-id") {
+            subs.push((rid.clone(), "REQUEST-ID".into()));
+        }
+        let (req, rsp) = (normalize(&req.raw, &subs), normalize(&rsp.raw, &subs));
+        let all = format!("{req} {rsp}");
+        for secret in secrets {
+            assert!(!all.contains(secret), "{secret} reached the node: {all}");
+        }
+        assert!(all.contains("redacted:"), "no marker: {all}");
+        results.push((req, rsp));
+    }
+    assert_eq!(
+        results[1].0, results[0].0,
+        "request records (left: dynamic module)"
+    );
+    assert_eq!(
+        results[1].1, results[0].1,
+        "response records (left: dynamic module)"
+    );
+}

@@ -95,6 +95,8 @@ pub struct EnvoyConfig {
     pub extra_clusters: Vec<Value>,
     /// Environment variables of the filter's VM (`vm_config.environment_variables`).
     pub vm_env: Vec<(String, String)>,
+    /// Environment variables of the Envoy process (what the dynamic module reads).
+    pub process_env: Vec<(String, String)>,
     /// The node cluster's `transport_socket` (e.g. TLS origination).
     pub node_transport_socket: Option<Value>,
     /// Node replicas: the node cluster's endpoints instead of `node_port` alone, its
@@ -118,6 +120,7 @@ impl EnvoyConfig {
             extra_routes: Vec::new(),
             extra_clusters: Vec::new(),
             vm_env: Vec::new(),
+            process_env: Vec::new(),
             node_transport_socket: None,
             node_replicas: None,
         }
@@ -137,6 +140,7 @@ impl EnvoyConfig {
             extra_routes: Vec::new(),
             extra_clusters: Vec::new(),
             vm_env: Vec::new(),
+            process_env: Vec::new(),
             node_transport_socket: None,
             node_replicas: None,
         }
@@ -181,6 +185,13 @@ impl EnvoyConfig {
     /// An environment variable of the filter's VM.
     pub fn vm_env(mut self, name: &str, value: &str) -> EnvoyConfig {
         self.vm_env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// An environment variable of the Envoy process (the dynamic module reads its
+    /// `value_env` and `key_env` there).
+    pub fn process_env(mut self, name: &str, value: &str) -> EnvoyConfig {
+        self.process_env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -507,6 +518,7 @@ impl Spawned {
         if let Some(spec) = &config.component_log_level {
             cmd.arg("--component-log-level").arg(spec);
         }
+        cmd.envs(config.process_env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
