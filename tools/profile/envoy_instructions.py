@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Instructions Envoy executes per exchange, counted by callgrind: no filter, an empty
 Proxy-Wasm filter and oob-mirror, for a GET and a 1 KiB POST; with ``--dynmod``, oob-mirror
-as an Envoy dynamic module too; with ``--extproc-sink``, also
+as an Envoy dynamic module too, and that module passing traffic (its floor); with
+``--extproc-sink``, also
 oob-mirror in ext_proc mode and Envoy's own ext_proc filter in observability mode, both
 streaming to that gRPC processor (tools/extproc-sink).
 
@@ -137,6 +138,11 @@ def proxy_bootstrap(port, upstream_port, node_port, module, protocol="batch"):
         filters.append(ENVOY_EXT_PROC)
     elif protocol == "dynmod":
         filters.append(dynamic_module_filter(module, plugin_config))
+    elif protocol == "dynmod-floor":
+        # A configuration the module refuses (it does not speak ext_proc) leaves it passing
+        # traffic: what Envoy's dynamic-module filter costs before the module does anything.
+        filters.append(dynamic_module_filter(module, {"node": {"cluster": "node",
+                                                               "protocol": "ext_proc"}}))
     elif module:
         filters.append({
             "name": "envoy.filters.http.wasm",
@@ -321,7 +327,10 @@ def main():
     if args.only_filter:
         cases = cases[-1:]
     if args.dynmod:
-        cases += [("oob-mirror, dynamic module", os.path.abspath(args.dynmod), "dynmod")]
+        dynmod = os.path.abspath(args.dynmod)
+        if not args.only_filter:
+            cases += [("dynamic module, passing", dynmod, "dynmod-floor")]
+        cases += [("oob-mirror, dynamic module", dynmod, "dynmod")]
     if args.extproc_sink:
         cases += [("oob-mirror, ext_proc", module, "ext_proc")]
         if not args.only_filter:
@@ -332,7 +341,7 @@ def main():
         for payload, body in payloads:
             for case, module, protocol in cases:
                 results[(case, payload)] = measure(args, workdir, module, body, protocol)
-                print(f"  {case:<24} {payload:<10} {results[(case, payload)] / 1000:8.1f} k instructions/exchange",
+                print(f"  {case:<26} {payload:<10} {results[(case, payload)] / 1000:8.1f} k instructions/exchange",
                       flush=True)
     print()
     print("| case | " + " | ".join(f"{p}: k instr. | ratio" for p, _ in payloads) + " |")
