@@ -665,3 +665,38 @@ fn redaction_markers_equal_the_proxy_wasm_builds_given_the_same_key() {
         "response records (left: dynamic module)"
     );
 }
+
+/// A typo in `node.cluster` is named in Envoy's log at the first failed delivery, once however
+/// much traffic follows (the Proxy-Wasm build's line); the clients see nothing.
+#[test]
+fn an_unknown_cluster_is_named_in_the_log_at_once() {
+    if !dynmod_supported("an_unknown_cluster_is_named_in_the_log_at_once") {
+        return;
+    }
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(
+        &EnvoyConfig::new(upstream.port(), ports::free_port())
+            .dynamic_module()
+            .concurrency(1)
+            .plugin(r#"{"node":{"cluster":"oob_mirror_nod"},"batch":{"flush_ms":20}}"#),
+    );
+    let client = Client::new();
+    assert_eq!(
+        client.send(envoy.addr(), &Req::get("/echo/first")).status,
+        200
+    );
+    let line = "batches to cluster 'oob_mirror_nod' fail: Envoy has no cluster by that name";
+    support::wait::poll_until(EVENTUALLY, || envoy.log().contains(line).then_some(()))
+        .unwrap_or_else(|| panic!("no `{line}` line:\n{}", envoy.log()));
+    for i in 0..20 {
+        let resp = client.send(envoy.addr(), &Req::get(&format!("/echo/{i}")));
+        assert_eq!(resp.status, 200);
+    }
+    let st = stats::wait_drained_and(&envoy, EVENTUALLY, |s| s.get("records_captured") == 42);
+    st.assert_settled(21);
+    assert!(st.get("batches_failed_dispatch") >= 1, "{st:?}");
+    assert_eq!(st.get("records_sent"), 0, "{st:?}");
+    let log = envoy.log();
+    let found: Vec<&str> = log.lines().filter(|l| l.contains(line)).collect();
+    assert_eq!(found.len(), 1, "{found:#?}");
+}
