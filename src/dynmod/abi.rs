@@ -204,7 +204,14 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
-    pub fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+    pub fn envoy_dynamic_module_callback_http_filter_config_increment_gauge(
+        config: HttpFilterConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_decrement_gauge(
         config: HttpFilterConfigEnvoyPtr,
         id: usize,
         label_values: *mut ModuleBuffer,

@@ -443,8 +443,8 @@ fn refusal(result: u32) -> (Reason, String) {
 const COUNTERS: usize = 28;
 const GAUGES: usize = 5;
 
-/// Envoy's ids of the module's metrics and what was last published: counters go as deltas,
-/// gauges as the sum over workers.
+/// Envoy's ids of the module's metrics and what was last published: counters and gauges go as
+/// changes of the sums over workers.
 struct Metrics {
     counter_ids: Vec<Option<usize>>,
     gauge_ids: Vec<Option<usize>>,
@@ -527,15 +527,27 @@ impl Metrics {
             .zip(self.published_gauges.iter_mut())
         {
             if let (Some(id), true) = (id, new != old) {
+                // A change, not a value: a configuration being replaced and its successor
+                // share the gauges (Envoy's stats are by name), each adds its own.
                 // SAFETY: main thread; an id Envoy gave for this configuration.
                 unsafe {
-                    abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
-                        envoy.0,
-                        *id,
-                        std::ptr::null_mut(),
-                        0,
-                        *new,
-                    )
+                    if new > old {
+                        abi::envoy_dynamic_module_callback_http_filter_config_increment_gauge(
+                            envoy.0,
+                            *id,
+                            std::ptr::null_mut(),
+                            0,
+                            *new - *old,
+                        )
+                    } else {
+                        abi::envoy_dynamic_module_callback_http_filter_config_decrement_gauge(
+                            envoy.0,
+                            *id,
+                            std::ptr::null_mut(),
+                            0,
+                            *old - *new,
+                        )
+                    }
                 };
                 *old = *new;
             }
