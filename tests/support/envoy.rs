@@ -34,6 +34,9 @@ pub enum Filter {
     /// The filter as istiod delivers it: by ECDS, the HTTP filter named `name` found in the
     /// discovery file `dir/ecds.json`, which Envoy watches ([`write_ecds`] replaces it).
     Ecds { name: String, dir: PathBuf },
+    /// The same delivery for the dynamic module ([`dynamic_module_typed_config`] writes its
+    /// resource).
+    DynamicModuleEcds { name: String, dir: PathBuf },
 }
 
 /// Replaces the ECDS file of [`Filter::Ecds`] with one resource, the filter `name` configured
@@ -238,7 +241,10 @@ impl EnvoyConfig {
     /// The bootstrap, as JSON (Envoy reads `.json` bootstraps).
     pub fn bootstrap(&self) -> Value {
         let mut bootstrap = self.base_bootstrap();
-        if matches!(self.filter, Filter::Ecds { .. }) {
+        if matches!(
+            self.filter,
+            Filter::Ecds { .. } | Filter::DynamicModuleEcds { .. }
+        ) {
             // xDS needs a node identity; a gateway's, in Istio's form.
             bootstrap["node"] = json!({
                 "id": "router~10.0.0.1~istio-ingressgateway-0.istio-system~istio-system.svc.cluster.local",
@@ -269,19 +275,14 @@ impl EnvoyConfig {
                 http_filters.push(dynamic_module_filter(&module, plugin));
             }
             Filter::Http(filter) => http_filters.push(filter.clone()),
-            Filter::Ecds { name, dir } => http_filters.push(json!({
-                "name": name,
-                "config_discovery": {
-                    "config_source": {
-                        "path_config_source": {
-                            "path": dir.join("ecds.json").display().to_string(),
-                            "watched_directory": { "path": dir.display().to_string() }
-                        },
-                        "resource_api_version": "V3"
-                    },
-                    "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
-                }
-            })),
+            Filter::Ecds { name, dir } => http_filters.push(ecds_filter(
+                name,
+                dir,
+                "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            )),
+            Filter::DynamicModuleEcds { name, dir } => {
+                http_filters.push(ecds_filter(name, dir, DYNAMIC_MODULE_FILTER_TYPE))
+            }
         }
         let mut routes = self.extra_routes.clone();
         routes.push(json!({
@@ -430,21 +431,47 @@ fn wasm_filter(
     })
 }
 
+const DYNAMIC_MODULE_FILTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+
+/// An HTTP filter found by ECDS in the watched file `dir/ecds.json` ([`write_ecds`]).
+fn ecds_filter(name: &str, dir: &Path, type_url: &str) -> Value {
+    json!({
+        "name": name,
+        "config_discovery": {
+            "config_source": {
+                "path_config_source": {
+                    "path": dir.join("ecds.json").display().to_string(),
+                    "watched_directory": { "path": dir.display().to_string() }
+                },
+                "resource_api_version": "V3"
+            },
+            "type_urls": [type_url]
+        }
+    })
+}
+
 /// The dynamic module's filter entry: the shared library by path (Envoy 1.40's
 /// `module.local.filename`), the plugin JSON as a `StringValue`.
 fn dynamic_module_filter(module: &Path, plugin_json: &str) -> Value {
     json!({
         "name": "envoy.filters.http.dynamic_modules",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-            "dynamic_module_config": {
-                "module": { "local": { "filename": module.display().to_string() } }
-            },
-            "filter_name": "oob-mirror",
-            "filter_config": {
-                "@type": "type.googleapis.com/google.protobuf.StringValue",
-                "value": plugin_json
-            }
+        "typed_config": dynamic_module_typed_config(module, plugin_json)
+    })
+}
+
+/// The dynamic module's `typed_config` (what [`write_ecds`] serves for
+/// [`Filter::DynamicModuleEcds`]).
+pub fn dynamic_module_typed_config(module: &Path, plugin_json: &str) -> Value {
+    json!({
+        "@type": DYNAMIC_MODULE_FILTER_TYPE,
+        "dynamic_module_config": {
+            "module": { "local": { "filename": module.display().to_string() } }
+        },
+        "filter_name": "oob-mirror",
+        "filter_config": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": plugin_json
         }
     })
 }
