@@ -19,7 +19,7 @@ use crate::request_id::IdGenerator;
 use crate::select::Selector;
 use crate::shipper::{Reply, Shipper, REPLY_BODY_PREFIX};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -49,10 +49,58 @@ pub struct Mirror {
     node_headers: Vec<(String, String)>,
     shard_targets: Vec<(String, String)>,
     workers: Vec<Mutex<Worker>>,
-    /// Callouts in flight: Envoy's callout id to the worker and the shipper's token.
-    callouts: Mutex<HashMap<u64, (usize, u32)>>,
+    /// Shippers of replaced configurations of the same node cluster, shipped here until idle.
+    adopted: Mutex<Vec<Adopted>>,
+    /// Callouts in flight: Envoy's callout id to the shipper and its token.
+    callouts: Mutex<HashMap<u64, (Source, u32)>>,
     next_token: AtomicU32,
+    next_adopted: AtomicU64,
     metrics: Mutex<Metrics>,
+}
+
+/// Runs a function on one shipper, locking it for that call.
+type Reach<'a> = dyn Fn(&mut dyn FnMut(&mut Shipper)) + 'a;
+
+/// Whose batch a callout carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Worker(usize),
+    Adopted(u64),
+}
+
+/// A replaced configuration's shipper, with the counts its configuration last published (this
+/// one publishes only what changes from there on: Envoy's metrics are shared by name).
+struct Adopted {
+    id: u64,
+    shipper: Shipper,
+    base: Published,
+}
+
+/// Counters and gauges as published, or as changes of them.
+type Published = ([i128; COUNTERS], [i128; GAUGES]);
+
+/// What a replaced configuration still had queued, for the next configuration that mirrors
+/// to the same node cluster. A configuration goes when its last stream ends, and Envoy takes
+/// its calls with it; its successor is already there.
+struct Handoff {
+    cluster: String,
+    shipper: Shipper,
+    base: Published,
+}
+
+static HANDOFF: Mutex<Vec<Handoff>> = Mutex::new(Vec::new());
+
+/// A shipper's counters and gauges.
+fn published(shipper: &Shipper) -> Published {
+    let mut counters = [0i128; COUNTERS];
+    let mut gauges = [0i128; GAUGES];
+    for (out, (_, v)) in counters.iter_mut().zip(shipper.counters().named()) {
+        *out = i128::from(v);
+    }
+    for (out, (_, v)) in gauges.iter_mut().zip(shipper.gauges().named()) {
+        *out = i128::from(v);
+    }
+    (counters, gauges)
 }
 
 /// The configuration Envoy holds for this module.
@@ -135,6 +183,7 @@ impl Module {
     /// The main thread's tick: ships what is due, publishes metrics, writes the failure log.
     pub fn tick(&self) {
         if let Some(mirror) = &self.mirror {
+            mirror.adopt();
             mirror.ship(self.envoy);
             mirror.publish(self.envoy);
             mirror.write_log();
@@ -156,15 +205,16 @@ impl Drop for Module {
         // Stop the ticker before anything else goes: it uses Envoy's configuration.
         self.ticker = None;
         if let Some(mirror) = &self.mirror {
-            mirror.publish(self.envoy);
-            let held = mirror.held();
-            if held.0 > 0 || held.1 > 0 {
+            let (handed, abandoned) = mirror.hand_off(self.envoy);
+            if handed > 0 || abandoned > 0 {
                 log(
                     abi::LOG_WARN,
                     &format!(
-                        "oob-mirror: configuration removed: {} records queued and {} in flight \
-                         are given up (counted in queued_records and inflight_records)",
-                        held.0, held.1
+                        "oob-mirror: configuration replaced or removed: {handed} records queued \
+                         go to the next configuration mirroring to cluster {} (counted in \
+                         queued_records until then), {abandoned} in flight are given up \
+                         (counted in records_dropped_node_failure)",
+                        mirror.config.node.cluster
                     ),
                 );
             }
@@ -276,8 +326,10 @@ impl Mirror {
             node_headers,
             shard_targets,
             workers,
+            adopted: Mutex::new(Vec::new()),
             callouts: Mutex::new(HashMap::new()),
             next_token: AtomicU32::new(1),
+            next_adopted: AtomicU64::new(0),
         })
     }
 
@@ -287,84 +339,119 @@ impl Mirror {
         self.workers.get(index % len).map(lock)
     }
 
-    /// Sends every batch that is due, as far as each worker's in-flight bound and backoff
-    /// allow. A worker's lock is not held across the callout, so Envoy calling back inline
-    /// can never find it taken.
+    /// Sends every batch that is due, as far as each shipper's in-flight bound and backoff
+    /// allow: the workers', then those adopted from replaced configurations. A shipper's lock
+    /// is not held across the callout, so Envoy calling back inline can never find it taken.
     fn ship(&self, envoy: EnvoyConfig) {
-        let node = &self.config.node;
         for (index, worker) in self.workers.iter().enumerate() {
-            loop {
-                let now = now_ms();
-                let Some(batch) = lock(worker).shipper.next_batch(now) else {
-                    break;
-                };
-                let records = batch.records.to_string();
-                let shard = usize::try_from(batch.shard)
-                    .ok()
-                    .and_then(|i| self.shard_targets.get(i));
-                let authority = shard.map_or(node.authority.as_str(), |(a, _)| a.as_str());
-                let mut headers = vec![
-                    ModuleHttpHeader::of(b":method", b"POST"),
-                    ModuleHttpHeader::of(b":path", node.path.as_bytes()),
-                    ModuleHttpHeader::of(b":authority", authority.as_bytes()),
-                    ModuleHttpHeader::of(b"content-type", b"application/msgpack"),
-                    ModuleHttpHeader::of(b"x-oob-mirror-version", b"1"),
-                    ModuleHttpHeader::of(b"x-oob-mirror-records", records.as_bytes()),
-                ];
-                if let Some((_, number)) = shard {
-                    headers.push(ModuleHttpHeader::of(
-                        b"x-oob-mirror-shard",
-                        number.as_bytes(),
-                    ));
+            self.ship_from(envoy, Source::Worker(index), &|f| {
+                f(&mut lock(worker).shipper)
+            });
+        }
+        let ids: Vec<u64> = lock(&self.adopted).iter().map(|a| a.id).collect();
+        for id in ids {
+            self.ship_from(envoy, Source::Adopted(id), &|f| {
+                if let Some(a) = lock(&self.adopted).iter_mut().find(|a| a.id == id) {
+                    f(&mut a.shipper);
                 }
-                headers.extend(
-                    self.node_headers
-                        .iter()
-                        .map(|(n, v)| ModuleHttpHeader::of(n.as_bytes(), v.as_bytes())),
-                );
-                let mut callout_id = 0u64;
-                // SAFETY: main thread (tick or callout reply); every buffer lives until the
-                // call returns, and Envoy copies what it keeps.
-                let result = unsafe {
-                    abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
-                        envoy.0,
-                        &mut callout_id,
-                        ModuleBuffer::of(node.cluster.as_bytes()),
-                        headers.as_mut_ptr(),
-                        headers.len(),
-                        ModuleBuffer::of(&batch.body),
-                        node.timeout_ms,
-                    )
-                };
-                let now = now_ms();
-                if result == abi::CALLOUT_INIT_SUCCESS {
-                    let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-                    lock(&self.callouts).insert(callout_id, (index, token));
-                    lock(worker).shipper.dispatched(token, batch, now);
-                } else {
-                    lock(worker)
-                        .shipper
-                        .dispatch_failed(batch, refusal(result), now);
-                }
+            });
+        }
+    }
+
+    /// Ships the due batches of one shipper, which `with` reaches (locking it for one call).
+    fn ship_from(&self, envoy: EnvoyConfig, source: Source, with: &Reach<'_>) {
+        let node = &self.config.node;
+        loop {
+            let now = now_ms();
+            let mut next = None;
+            with(&mut |s| next = s.next_batch(now));
+            let Some(batch) = next else {
+                break;
+            };
+            let records = batch.records.to_string();
+            let shard = usize::try_from(batch.shard)
+                .ok()
+                .and_then(|i| self.shard_targets.get(i));
+            let authority = shard.map_or(node.authority.as_str(), |(a, _)| a.as_str());
+            let mut headers = vec![
+                ModuleHttpHeader::of(b":method", b"POST"),
+                ModuleHttpHeader::of(b":path", node.path.as_bytes()),
+                ModuleHttpHeader::of(b":authority", authority.as_bytes()),
+                ModuleHttpHeader::of(b"content-type", b"application/msgpack"),
+                ModuleHttpHeader::of(b"x-oob-mirror-version", b"1"),
+                ModuleHttpHeader::of(b"x-oob-mirror-records", records.as_bytes()),
+            ];
+            if let Some((_, number)) = shard {
+                headers.push(ModuleHttpHeader::of(
+                    b"x-oob-mirror-shard",
+                    number.as_bytes(),
+                ));
+            }
+            headers.extend(
+                self.node_headers
+                    .iter()
+                    .map(|(n, v)| ModuleHttpHeader::of(n.as_bytes(), v.as_bytes())),
+            );
+            let mut callout_id = 0u64;
+            // SAFETY: main thread (tick or callout reply); every buffer lives until the call
+            // returns, and Envoy copies what it keeps.
+            let result = unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
+                    envoy.0,
+                    &mut callout_id,
+                    ModuleBuffer::of(node.cluster.as_bytes()),
+                    headers.as_mut_ptr(),
+                    headers.len(),
+                    ModuleBuffer::of(&batch.body),
+                    node.timeout_ms,
+                )
+            };
+            let now = now_ms();
+            let mut batch = Some(batch);
+            if result == abi::CALLOUT_INIT_SUCCESS {
+                let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+                lock(&self.callouts).insert(callout_id, (source, token));
+                with(&mut |s| {
+                    if let Some(batch) = batch.take() {
+                        s.dispatched(token, batch, now);
+                    }
+                });
+            } else {
+                with(&mut |s| {
+                    if let Some(batch) = batch.take() {
+                        s.dispatch_failed(batch, refusal(result), now);
+                    }
+                });
             }
         }
     }
 
     fn callout_done(&self, callout_id: u64, status: Option<u32>, body_prefix: &[u8]) {
-        let Some((index, token)) = lock(&self.callouts).remove(&callout_id) else {
+        let Some((source, token)) = lock(&self.callouts).remove(&callout_id) else {
             return;
         };
         let reply = Reply::classify(status, body_prefix);
-        if let Some(mut worker) = self.worker(index) {
-            worker.shipper.reply(token, reply, now_ms());
+        match source {
+            Source::Worker(index) => {
+                if let Some(mut worker) = self.worker(index) {
+                    worker.shipper.reply(token, reply, now_ms());
+                }
+            }
+            Source::Adopted(id) => {
+                if let Some(a) = lock(&self.adopted).iter_mut().find(|a| a.id == id) {
+                    a.shipper.reply(token, reply, now_ms());
+                }
+            }
         }
     }
 
-    /// Every worker's counters and gauges, summed, published to Envoy: nothing when no worker's
-    /// changed since the last tick (most ticks of an idle or lightly loaded proxy).
+    /// Every worker's counters and gauges, summed with what adopted shippers did since they
+    /// came, published to Envoy: nothing when no worker's changed since the last tick and
+    /// nothing is adopted (most ticks of an idle or lightly loaded proxy).
     fn publish(&self, envoy: EnvoyConfig) {
         let mut metrics = lock(&self.metrics);
-        let mut changed = false;
+        let mut adopted = lock(&self.adopted);
+        let mut changed = !adopted.is_empty();
         let snapshots: Vec<(Counters, Gauges)> = self
             .workers
             .iter()
@@ -382,23 +469,116 @@ impl Mirror {
         if !changed {
             return;
         }
-        let mut counters = [0u64; COUNTERS];
-        let mut gauges = [0u64; GAUGES];
+        let (mut counters, mut gauges) = metrics.retired;
         for (c, g) in &snapshots {
             for (sum, (_, v)) in counters.iter_mut().zip(c.named()) {
-                *sum = sum.saturating_add(v);
+                *sum += i128::from(v);
             }
             for (sum, (_, v)) in gauges.iter_mut().zip(g.named()) {
-                *sum = sum.saturating_add(v);
+                *sum += i128::from(v);
             }
         }
+        for a in adopted.iter() {
+            let (c, g) = published(&a.shipper);
+            for ((sum, now), base) in counters.iter_mut().zip(c).zip(a.base.0) {
+                *sum += now - base;
+            }
+            for ((sum, now), base) in gauges.iter_mut().zip(g).zip(a.base.1) {
+                *sum += now - base;
+            }
+        }
+        // An adopted shipper with nothing left is done: what it did stays in `retired`.
+        let mut retired = metrics.retired;
+        adopted.retain(|a| {
+            if !a.shipper.is_idle() {
+                return true;
+            }
+            let (c, g) = published(&a.shipper);
+            for ((sum, now), base) in retired.0.iter_mut().zip(c).zip(a.base.0) {
+                *sum += now - base;
+            }
+            for ((sum, now), base) in retired.1.iter_mut().zip(g).zip(a.base.1) {
+                *sum += now - base;
+            }
+            false
+        });
+        metrics.retired = retired;
         metrics.publish(envoy, &counters, &gauges);
+    }
+
+    /// Takes in what replaced configurations of the same node cluster left queued.
+    fn adopt(&self) {
+        let mut handoff = lock(&HANDOFF);
+        if handoff.is_empty() {
+            return;
+        }
+        let mut adopted = lock(&self.adopted);
+        let mut kept = Vec::new();
+        for h in handoff.drain(..) {
+            if h.cluster == self.config.node.cluster {
+                adopted.push(Adopted {
+                    id: self.next_adopted.fetch_add(1, Ordering::Relaxed),
+                    shipper: h.shipper,
+                    base: h.base,
+                });
+            } else {
+                kept.push(h);
+            }
+        }
+        *handoff = kept;
+    }
+
+    /// This configuration goes: every queued record becomes due, the batches in flight are
+    /// given up (Envoy cancels them with the configuration), the last counts are published,
+    /// and whatever is still queued is handed to the next configuration of the node cluster.
+    /// Returns the records handed over and those given up.
+    fn hand_off(&self, envoy: EnvoyConfig) -> (u64, u64) {
+        let mut abandoned = 0;
+        let mut for_each = |s: &mut Shipper| {
+            s.flush_all();
+            abandoned += s.abandon_inflight();
+        };
+        for worker in &self.workers {
+            for_each(&mut lock(worker).shipper);
+        }
+        for a in lock(&self.adopted).iter_mut() {
+            for_each(&mut a.shipper);
+        }
+        self.publish(envoy);
+        let mut handed = 0;
+        let mut handoff = lock(&HANDOFF);
+        let mut give = |shipper: Shipper| {
+            if !shipper.is_idle() {
+                handed += shipper.gauges().queued_records;
+                let base = published(&shipper);
+                handoff.push(Handoff {
+                    cluster: self.config.node.cluster.clone(),
+                    shipper,
+                    base,
+                });
+            }
+        };
+        for worker in &self.workers {
+            let fresh = Shipper::new(&self.config, None);
+            give(std::mem::replace(&mut lock(worker).shipper, fresh));
+        }
+        for a in lock(&self.adopted).drain(..) {
+            // Its base moves on to what this configuration published for it.
+            give(a.shipper);
+        }
+        (handed, abandoned)
     }
 
     /// Failures and recoveries of delivery, in Envoy's log (rate-limited by `FailureLog`).
     fn write_log(&self) {
+        let mut lines: Vec<(Level, String)> = Vec::new();
         for worker in &self.workers {
-            let lines = lock(worker).shipper.log.take();
+            lines.extend(lock(worker).shipper.log.take());
+        }
+        for a in lock(&self.adopted).iter_mut() {
+            lines.extend(a.shipper.log.take());
+        }
+        {
             for (level, line) in lines {
                 let level = match level {
                     Level::Warn => abi::LOG_WARN,
@@ -407,14 +587,6 @@ impl Mirror {
                 log(level, &line);
             }
         }
-    }
-
-    /// Records queued and in flight over every worker.
-    fn held(&self) -> (u64, u64) {
-        self.workers.iter().fold((0, 0), |(q, f), w| {
-            let g = lock(w).shipper.gauges();
-            (q + g.queued_records, f + g.inflight_records)
-        })
     }
 }
 
@@ -444,14 +616,16 @@ const COUNTERS: usize = 28;
 const GAUGES: usize = 5;
 
 /// Envoy's ids of the module's metrics and what was last published: counters and gauges go as
-/// changes of the sums over workers.
+/// changes of the sums over workers (and adopted shippers).
 struct Metrics {
     counter_ids: Vec<Option<usize>>,
     gauge_ids: Vec<Option<usize>>,
-    published_counters: [u64; COUNTERS],
-    published_gauges: [u64; GAUGES],
+    published_counters: [i128; COUNTERS],
+    published_gauges: [i128; GAUGES],
     /// Each worker's counters and gauges at the last tick.
     last_seen: Vec<Option<(Counters, Gauges)>>,
+    /// What adopted shippers that are done did here.
+    retired: Published,
 }
 
 impl Metrics {
@@ -496,10 +670,19 @@ impl Metrics {
             published_counters: [0; COUNTERS],
             published_gauges: [0; GAUGES],
             last_seen: vec![None; workers],
+            retired: ([0; COUNTERS], [0; GAUGES]),
         }
     }
 
-    fn publish(&mut self, envoy: EnvoyConfig, counters: &[u64; COUNTERS], gauges: &[u64; GAUGES]) {
+    /// Publishes the changes from what was published last. Counters only grow (a smaller sum
+    /// is not published); gauges move both ways, as changes: a configuration being replaced
+    /// and its successor share Envoy's metrics (they are by name), each adds its own.
+    fn publish(
+        &mut self,
+        envoy: EnvoyConfig,
+        counters: &[i128; COUNTERS],
+        gauges: &[i128; GAUGES],
+    ) {
         for ((id, new), old) in self
             .counter_ids
             .iter()
@@ -507,6 +690,7 @@ impl Metrics {
             .zip(self.published_counters.iter_mut())
         {
             if let (Some(id), true) = (id, new > old) {
+                let delta = u64::try_from(*new - *old).unwrap_or(u64::MAX);
                 // SAFETY: main thread; an id Envoy gave for this configuration.
                 unsafe {
                     abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(
@@ -514,7 +698,7 @@ impl Metrics {
                         *id,
                         std::ptr::null_mut(),
                         0,
-                        new - *old,
+                        delta,
                     )
                 };
                 *old = *new;
@@ -527,8 +711,7 @@ impl Metrics {
             .zip(self.published_gauges.iter_mut())
         {
             if let (Some(id), true) = (id, new != old) {
-                // A change, not a value: a configuration being replaced and its successor
-                // share the gauges (Envoy's stats are by name), each adds its own.
+                let delta = u64::try_from((*new - *old).unsigned_abs()).unwrap_or(u64::MAX);
                 // SAFETY: main thread; an id Envoy gave for this configuration.
                 unsafe {
                     if new > old {
@@ -537,7 +720,7 @@ impl Metrics {
                             *id,
                             std::ptr::null_mut(),
                             0,
-                            *new - *old,
+                            delta,
                         )
                     } else {
                         abi::envoy_dynamic_module_callback_http_filter_config_decrement_gauge(
@@ -545,7 +728,7 @@ impl Metrics {
                             *id,
                             std::ptr::null_mut(),
                             0,
-                            *old - *new,
+                            delta,
                         )
                     }
                 };
