@@ -578,14 +578,12 @@ impl Mirror {
         for a in lock(&self.adopted).iter_mut() {
             lines.extend(a.shipper.log.take());
         }
-        {
-            for (level, line) in lines {
-                let level = match level {
-                    Level::Warn => abi::LOG_WARN,
-                    Level::Info => abi::LOG_INFO,
-                };
-                log(level, &line);
-            }
+        for (level, line) in lines {
+            let level = match level {
+                Level::Warn => abi::LOG_WARN,
+                Level::Info => abi::LOG_INFO,
+            };
+            log(level, &line);
         }
     }
 }
