@@ -4,6 +4,8 @@
 #                (libmodsecurity, CRS, PostgreSQL for the store's tests, ...)
 #   make wasm    dist/oob_mirror.wasm (release, size-checked)
 #   make wasm-trap  dist/oob_mirror_trap.wasm (test-only trap build, for tests/e2e_trap.rs)
+#   make dynmod  dist/liboob_mirror.so: the same core as an Envoy dynamic module (docs/dynamic-module.md)
+#   make dynmod-trap  dist/liboob_mirror_trap.so (test-only panic build, for tests/e2e_dynmod.rs)
 #   make node    target/release/oob-mirror-node (the analysis node: CRS, store, console, API)
 #   make sink    the same as make node (old name, kept for one release)
 #   make extproc-sink  tools/extproc-sink: recording ext_proc server (tests, bench, demo)
@@ -61,8 +63,17 @@ OOB_MIRROR_WASM := $(CURDIR)/$(WASM_OUT)
 export ENVOY_BIN OOB_MIRROR_WASM
 OOB_MIRROR_TRAP_WASM := $(CURDIR)/$(WASM_TRAP_OUT)
 export OOB_MIRROR_TRAP_WASM
+# The dynamic module: the `dynmod` profile (release, but unwinding: every hook catches its own
+# panics) with the `dynmod` feature, for the host's target.
+DYNMOD_BUILT := target/dynmod/liboob_mirror.so
+DYNMOD_OUT   := dist/liboob_mirror.so
+OOB_MIRROR_DYNMOD := $(CURDIR)/$(DYNMOD_OUT)
+export OOB_MIRROR_DYNMOD
+DYNMOD_TRAP_OUT := dist/liboob_mirror_trap.so
+OOB_MIRROR_DYNMOD_TRAP := $(CURDIR)/$(DYNMOD_TRAP_OUT)
+export OOB_MIRROR_DYNMOD_TRAP
 
-.PHONY: setup wasm node sink extproc-sink lint test demo clean wasm-trap soak
+.PHONY: setup wasm node sink extproc-sink lint test demo clean wasm-trap soak dynmod dynmod-trap
 .PHONY: oci push node-image push-node
 
 # libmodsecurity and OWASP CRS: the analysis node (oob-mirror-node --detect); Chromium: the test
@@ -134,6 +145,19 @@ wasm-trap:
 	wasm-metadce $(WASM_FEATURES) --graph-file '$(WASM_EXPORTS)' \
 	  '$(WASM_TRAP_DIR)/$(WASM_TARGET)/release/oob_mirror.wasm' -o '$(WASM_TRAP_OUT)' >/dev/null
 
+dynmod:
+	$(CARGO) build --profile dynmod --lib --features dynmod
+	@mkdir -p dist
+	cp '$(DYNMOD_BUILT)' '$(DYNMOD_OUT)'
+	@echo "$(DYNMOD_OUT): $$(wc -c < '$(DYNMOD_OUT)') bytes"
+
+# Test-only: the dynamic module that panics on `x-oob-mirror-trap: 1` (tests/e2e_dynmod.rs), in
+# its own target dir so it never replaces the release library.
+dynmod-trap:
+	$(CARGO) build --profile dynmod --lib --features dynmod,test-trap --target-dir '$(WASM_TRAP_DIR)'
+	@mkdir -p dist
+	cp '$(WASM_TRAP_DIR)/dynmod/liboob_mirror.so' '$(DYNMOD_TRAP_OUT)'
+
 node:
 	@bash tools/ensure_packages.sh $(NODE_PACKAGES)
 	$(CARGO) build --release -p oob-mirror-node
@@ -178,12 +202,14 @@ lint:
 	$(CARGO) clippy --target $(WASM_TARGET) --lib -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) --lib --features test-trap -- -D warnings
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --lib --features dynmod -- -D warnings
+	$(CARGO) clippy --lib --features dynmod,test-trap -- -D warnings
 	$(CARGO) fmt --manifest-path tools/extproc-sink/Cargo.toml --check
 	$(CARGO) clippy --release --manifest-path tools/extproc-sink/Cargo.toml \
 	  --target-dir tools/extproc-sink/target -- -D warnings
 
-test: setup wasm wasm-trap extproc-sink istio-tools node
-	@echo "test: ENVOY_BIN=$(ENVOY_BIN) OOB_MIRROR_WASM=$(OOB_MIRROR_WASM)"
+test: setup wasm wasm-trap dynmod dynmod-trap extproc-sink istio-tools node
+	@echo "test: ENVOY_BIN=$(ENVOY_BIN) OOB_MIRROR_WASM=$(OOB_MIRROR_WASM) OOB_MIRROR_DYNMOD=$(OOB_MIRROR_DYNMOD)"
 	@echo "test: $$('$(ENVOY_BIN)' --version | grep -o 'version: .*')"
 	@mkdir -p target
 	$(CARGO) test --workspace 2>&1 | tee target/test.log
@@ -268,7 +294,7 @@ BENCH_WARMUP      ?= 3
 BENCH_CONNECTIONS ?= 16
 .PHONY: bench bench-memory bench-slow-node bench-node bench-setup
 
-bench-setup: setup wasm node
+bench-setup: setup wasm dynmod node
 	bash tools/bench/setup.sh
 	$(CARGO) build --release --target $(WASM_TARGET) --manifest-path '$(EMPTY_FILTER_DIR)/Cargo.toml' \
 	  --target-dir '$(EMPTY_FILTER_DIR)/target'
@@ -300,7 +326,7 @@ PROFILE_SHARDS    ?= 1
 PROFILE_FLAGS     ?=
 
 .PHONY: profile
-profile: setup wasm extproc-sink
+profile: setup wasm dynmod extproc-sink
 	@bash tools/ensure_packages.sh valgrind
 	$(CARGO) build --release --target $(WASM_TARGET) --manifest-path '$(EMPTY_FILTER_DIR)/Cargo.toml' \
 	  --target-dir '$(EMPTY_FILTER_DIR)/target'
@@ -316,7 +342,7 @@ profile: setup wasm extproc-sink
 	@echo "profile: Envoy, one worker, under callgrind"
 	'$(PYTHON)' tools/profile/envoy_instructions.py --envoy '$(ENVOY_BIN)' --module '$(WASM_OUT)' \
 	  --empty-module '$(EMPTY_FILTER_WASM)' --requests $(PROFILE_REQUESTS) \
-	  --shards '$(PROFILE_SHARDS)' --extproc-sink '$(EXTPROC_SINK)' \
+	  --shards '$(PROFILE_SHARDS)' --extproc-sink '$(EXTPROC_SINK)' --dynmod '$(DYNMOD_OUT)' \
 	  $(PROFILE_FLAGS)
 
 # --- fuzzing (tools/fuzz) and the core's unit tests on wasm32 -----------------------------------

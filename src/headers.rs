@@ -100,6 +100,23 @@ impl HeaderList {
         self.push_checked(name.as_bytes(), value);
     }
 
+    /// A field whose name comes as bytes from a host (Envoy's are ASCII tokens); a name that
+    /// is not UTF-8 is kept as lossy text.
+    pub fn push_bytes(&mut self, name: &[u8], value: &[u8]) {
+        match std::str::from_utf8(name) {
+            Ok(_) => self.push_checked(name, value),
+            Err(_) => self.push(&String::from_utf8_lossy(name), value),
+        }
+    }
+
+    /// Room for `fields` fields of `bytes` bytes of names and values in all.
+    pub fn with_capacity(fields: usize, bytes: usize) -> Self {
+        HeaderList {
+            data: Vec::with_capacity(bytes),
+            fields: Vec::with_capacity(fields),
+        }
+    }
+
     /// `name` must be valid UTF-8 (it comes from a list that checked it).
     fn push_checked(&mut self, name: &[u8], value: &[u8]) {
         if let (Some(name), Some(value)) = (self.append(name), self.append(value)) {
@@ -194,10 +211,7 @@ impl HeaderList {
     /// Splits off the pseudo-headers (names starting with `:`), which the record keeps as
     /// fields of its own, from the regular headers it keeps as a list; order kept in both.
     pub fn split_pseudo(mut self) -> (HeaderList, HeaderList) {
-        let mut pseudo = HeaderList {
-            data: Vec::with_capacity(128),
-            fields: Vec::with_capacity(4),
-        };
+        let mut pseudo = HeaderList::with_capacity(4, 128);
         for (name, value) in self.iter_bytes() {
             if name.first() == Some(&b':') {
                 pseudo.push_checked(name, value);
@@ -344,6 +358,20 @@ mod tests {
             HeaderList::from(vec![("x-dup", "1"), ("x-dup", "2")])
         );
         assert_eq!(pseudo.text(":scheme"), None);
+    }
+
+    #[test]
+    fn fields_pushed_as_bytes() {
+        let mut list = HeaderList::with_capacity(2, 16);
+        list.push_bytes(b"a", b"1");
+        list.push_bytes(b"n\xff", b"\xfe");
+        assert_eq!(
+            pairs(&list),
+            vec![
+                ("a".to_owned(), b"1".to_vec()),
+                ("n\u{fffd}".to_owned(), b"\xfe".to_vec())
+            ]
+        );
     }
 
     #[test]

@@ -221,6 +221,20 @@ impl Shipper {
         }
     }
 
+    /// The host cancelled every batch in flight and will never report on them (a configuration
+    /// that goes away takes its calls with it): their records count as dropped, their batches
+    /// as reset. No backoff and no log line: the node did nothing wrong. Returns the records.
+    pub fn abandon_inflight(&mut self) -> u64 {
+        let mut records = 0;
+        for (_, sent) in self.inflight.drain() {
+            self.queue.finish(sent.records);
+            self.counters
+                .batch_failed(sent.records, BatchFailure::Reset);
+            records += sent.records;
+        }
+        records
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
@@ -281,6 +295,34 @@ mod tests {
             s.counters(),
             s.gauges()
         );
+    }
+
+    #[test]
+    fn abandoned_batches_in_flight_are_dropped_without_backoff() {
+        let mut s = Shipper::new(&config(2), None);
+        for id in ["a", "b"] {
+            s.capture_request(&mut request(id), 0);
+            s.capture_request(&mut request(id), 0);
+        }
+        let first = s.next_batch(0).unwrap();
+        s.dispatched(1, first, 0);
+        let second = s.next_batch(0).unwrap();
+        s.dispatched(2, second, 0);
+        assert_eq!(s.gauges().inflight_records, 4);
+        assert_eq!(s.abandon_inflight(), 4);
+        assert_eq!(s.gauges().inflight_records, 0);
+        assert_eq!(s.counters().records_dropped_node_failure, 4);
+        assert_eq!(s.counters().batches_failed_reset, 2);
+        assert_eq!(s.counters().backoffs, 0);
+        assert!(s.log.take().is_empty());
+        assert!(s.is_idle());
+        assert_balanced(&s);
+        // A reply that comes anyway is ignored, and new records ship at once.
+        s.reply(1, Reply::Status(204), 0);
+        assert_eq!(s.counters().records_sent, 0);
+        s.capture_request(&mut request("c"), 0);
+        s.capture_request(&mut request("c"), 0);
+        assert_eq!(s.next_batch(0).map(|b| b.records), Some(2));
     }
 
     #[test]

@@ -9,9 +9,10 @@ use super::stream::MirrorStream;
 use super::worker::{SharedWorker, Worker};
 use crate::accounting::Gauges;
 use crate::batch::shard_targets;
-use crate::config::{valid_header_value, Config, ConfigError, HeaderValue, NodeHeader, Protocol};
+use crate::config::{Config, Protocol};
 use crate::extproc::encode::grpc_service;
 use crate::failure_log::{Level, Reason};
+use crate::node_env::resolve_headers;
 use crate::redact::Redactor;
 use crate::shipper::{Reply, REPLY_BODY_PREFIX};
 use log::error;
@@ -331,13 +332,14 @@ impl RootContext for MirrorRoot {
                 return false;
             }
         };
-        self.node_headers = match resolve_headers(&config.node.headers) {
-            Ok(headers) => headers,
-            Err(err) => {
-                error!("oob-mirror: invalid configuration: {err}");
-                return false;
-            }
-        };
+        self.node_headers =
+            match resolve_headers(&config.node.headers, "VM environment", "vmConfig.env") {
+                Ok(headers) => headers,
+                Err(err) => {
+                    error!("oob-mirror: invalid configuration: {err}");
+                    return false;
+                }
+            };
         self.shard_targets = shard_targets(&config.node.authority, config.node.shards);
         // One line per worker that says where records go, for whoever reads Envoy's log.
         match config.node.protocol {
@@ -439,41 +441,10 @@ fn refusal(status: Status) -> (Reason, String) {
     }
 }
 
-/// `node.headers` with the values of those read from the VM environment. A header whose
-/// variable is missing refuses the configuration: sending without it would only be refused by
-/// the node. The error names the variable, never a value.
-fn resolve_headers(headers: &[NodeHeader]) -> Result<Vec<(String, String)>, ConfigError> {
-    headers
-        .iter()
-        .enumerate()
-        .map(|(i, header)| {
-            let value = match &header.value {
-                HeaderValue::Inline(value) => value.clone(),
-                HeaderValue::Env(var) => {
-                    let value = std::env::var(var).unwrap_or_default();
-                    if !valid_header_value(&value) {
-                        return Err(ConfigError {
-                            field: format!("node.headers[{i}].value_env"),
-                            reason: format!(
-                                "the VM environment has no usable {var} (missing, empty or \
-                                 holding control characters; see vmConfig.env)"
-                            ),
-                        });
-                    }
-                    value
-                }
-            };
-            Ok((header.name.clone(), value))
-        })
-        .collect()
-}
-
 /// The key of the redaction markers: the VM environment variable `name` (a Kubernetes Secret
 /// through WasmPlugin `vmConfig.env`), else random for this VM, so markers then correlate only
 /// within one worker and until it restarts.
 fn redaction_key(name: &str) -> Vec<u8> {
-    match std::env::var(name) {
-        Ok(key) if !key.is_empty() => key.into_bytes(),
-        _ => (0..4).flat_map(|_| random_seed().to_le_bytes()).collect(),
-    }
+    crate::node_env::redaction_key(name)
+        .unwrap_or_else(|| (0..4).flat_map(|_| random_seed().to_le_bytes()).collect())
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::paths::{envoy_bin, wasm_module, TempDir};
+use super::paths::{dynmod_module, envoy_bin, wasm_module, TempDir};
 use super::raw_http;
 
 /// The plugin configuration the tests use unless they say otherwise.
@@ -26,11 +26,17 @@ pub enum Filter {
     None,
     /// The oob-mirror filter first in the chain, with this plugin JSON.
     OobMirror(String),
+    /// The oob-mirror dynamic module (`make dynmod`) first in the chain, with this plugin
+    /// JSON: the same configuration as [`Filter::OobMirror`]'s.
+    DynamicModule(String),
     /// Another HTTP filter first in the chain (e.g. Envoy's own ext_proc, as a reference).
     Http(Value),
     /// The filter as istiod delivers it: by ECDS, the HTTP filter named `name` found in the
     /// discovery file `dir/ecds.json`, which Envoy watches ([`write_ecds`] replaces it).
     Ecds { name: String, dir: PathBuf },
+    /// The same delivery for the dynamic module ([`dynamic_module_typed_config`] writes its
+    /// resource).
+    DynamicModuleEcds { name: String, dir: PathBuf },
 }
 
 /// Replaces the ECDS file of [`Filter::Ecds`] with one resource, the filter `name` configured
@@ -92,6 +98,8 @@ pub struct EnvoyConfig {
     pub extra_clusters: Vec<Value>,
     /// Environment variables of the filter's VM (`vm_config.environment_variables`).
     pub vm_env: Vec<(String, String)>,
+    /// Environment variables of the Envoy process (what the dynamic module reads).
+    pub process_env: Vec<(String, String)>,
     /// The node cluster's `transport_socket` (e.g. TLS origination).
     pub node_transport_socket: Option<Value>,
     /// Node replicas: the node cluster's endpoints instead of `node_port` alone, its
@@ -115,6 +123,7 @@ impl EnvoyConfig {
             extra_routes: Vec::new(),
             extra_clusters: Vec::new(),
             vm_env: Vec::new(),
+            process_env: Vec::new(),
             node_transport_socket: None,
             node_replicas: None,
         }
@@ -134,13 +143,29 @@ impl EnvoyConfig {
             extra_routes: Vec::new(),
             extra_clusters: Vec::new(),
             vm_env: Vec::new(),
+            process_env: Vec::new(),
             node_transport_socket: None,
             node_replicas: None,
         }
     }
 
     pub fn plugin(mut self, plugin_json: impl Into<String>) -> EnvoyConfig {
-        self.filter = Filter::OobMirror(plugin_json.into());
+        self.filter = match self.filter {
+            Filter::DynamicModule(_) => Filter::DynamicModule(plugin_json.into()),
+            _ => Filter::OobMirror(plugin_json.into()),
+        };
+        self
+    }
+
+    /// The dynamic module instead of the Proxy-Wasm filter, with the plugin JSON it had (or
+    /// [`DEFAULT_PLUGIN_JSON`]); [`Self::module`] then names the shared library.
+    pub fn dynamic_module(mut self) -> EnvoyConfig {
+        self.filter = match self.filter {
+            Filter::OobMirror(plugin) | Filter::DynamicModule(plugin) => {
+                Filter::DynamicModule(plugin)
+            }
+            _ => Filter::DynamicModule(DEFAULT_PLUGIN_JSON.to_string()),
+        };
         self
     }
 
@@ -163,6 +188,13 @@ impl EnvoyConfig {
     /// An environment variable of the filter's VM.
     pub fn vm_env(mut self, name: &str, value: &str) -> EnvoyConfig {
         self.vm_env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// An environment variable of the Envoy process (the dynamic module reads its
+    /// `value_env` and `key_env` there).
+    pub fn process_env(mut self, name: &str, value: &str) -> EnvoyConfig {
+        self.process_env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -209,7 +241,10 @@ impl EnvoyConfig {
     /// The bootstrap, as JSON (Envoy reads `.json` bootstraps).
     pub fn bootstrap(&self) -> Value {
         let mut bootstrap = self.base_bootstrap();
-        if matches!(self.filter, Filter::Ecds { .. }) {
+        if matches!(
+            self.filter,
+            Filter::Ecds { .. } | Filter::DynamicModuleEcds { .. }
+        ) {
             // xDS needs a node identity; a gateway's, in Istio's form.
             bootstrap["node"] = json!({
                 "id": "router~10.0.0.1~istio-ingressgateway-0.istio-system~istio-system.svc.cluster.local",
@@ -235,20 +270,19 @@ impl EnvoyConfig {
                     &self.vm_env,
                 ));
             }
+            Filter::DynamicModule(plugin) => {
+                let module = self.module.clone().unwrap_or_else(dynmod_module);
+                http_filters.push(dynamic_module_filter(&module, plugin));
+            }
             Filter::Http(filter) => http_filters.push(filter.clone()),
-            Filter::Ecds { name, dir } => http_filters.push(json!({
-                "name": name,
-                "config_discovery": {
-                    "config_source": {
-                        "path_config_source": {
-                            "path": dir.join("ecds.json").display().to_string(),
-                            "watched_directory": { "path": dir.display().to_string() }
-                        },
-                        "resource_api_version": "V3"
-                    },
-                    "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
-                }
-            })),
+            Filter::Ecds { name, dir } => http_filters.push(ecds_filter(
+                name,
+                dir,
+                "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            )),
+            Filter::DynamicModuleEcds { name, dir } => {
+                http_filters.push(ecds_filter(name, dir, DYNAMIC_MODULE_FILTER_TYPE))
+            }
         }
         let mut routes = self.extra_routes.clone();
         routes.push(json!({
@@ -397,6 +431,76 @@ fn wasm_filter(
     })
 }
 
+const DYNAMIC_MODULE_FILTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+
+/// An HTTP filter found by ECDS in the watched file `dir/ecds.json` ([`write_ecds`]).
+fn ecds_filter(name: &str, dir: &Path, type_url: &str) -> Value {
+    json!({
+        "name": name,
+        "config_discovery": {
+            "config_source": {
+                "path_config_source": {
+                    "path": dir.join("ecds.json").display().to_string(),
+                    "watched_directory": { "path": dir.display().to_string() }
+                },
+                "resource_api_version": "V3"
+            },
+            "type_urls": [type_url]
+        }
+    })
+}
+
+/// The dynamic module's filter entry: the shared library by path (Envoy 1.40's
+/// `module.local.filename`), the plugin JSON as a `StringValue`.
+fn dynamic_module_filter(module: &Path, plugin_json: &str) -> Value {
+    json!({
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": dynamic_module_typed_config(module, plugin_json)
+    })
+}
+
+/// The dynamic module's `typed_config` (what [`write_ecds`] serves for
+/// [`Filter::DynamicModuleEcds`]).
+pub fn dynamic_module_typed_config(module: &Path, plugin_json: &str) -> Value {
+    json!({
+        "@type": DYNAMIC_MODULE_FILTER_TYPE,
+        "dynamic_module_config": {
+            "module": { "local": { "filename": module.display().to_string() } }
+        },
+        "filter_name": "oob-mirror",
+        "filter_config": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": plugin_json
+        }
+    })
+}
+
+/// Envoy's version as (major, minor, patch), from `envoy --version`.
+pub fn envoy_version() -> (u32, u32, u32) {
+    let bin = envoy_bin();
+    let out = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("run {} --version: {e}", bin.display()));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "... version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    let version = text
+        .split('/')
+        .find(|part| {
+            part.split('.').count() == 3 && part.split('.').all(|n| n.parse::<u32>().is_ok())
+        })
+        .unwrap_or_else(|| panic!("no version in `envoy --version`: {text}"));
+    let mut numbers = version
+        .split('.')
+        .map(|n| n.parse::<u32>().expect("version number"));
+    (
+        numbers.next().expect("major"),
+        numbers.next().expect("minor"),
+        numbers.next().expect("patch"),
+    )
+}
+
 /// A spawned Envoy whose outcome is not known yet.
 struct Spawned {
     child: Option<Child>,
@@ -441,6 +545,7 @@ impl Spawned {
         if let Some(spec) = &config.component_log_level {
             cmd.arg("--component-log-level").arg(spec);
         }
+        cmd.envs(config.process_env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));

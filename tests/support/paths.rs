@@ -61,6 +61,42 @@ pub fn trap_wasm_module() -> PathBuf {
     absolute(&path)
 }
 
+/// The dynamic module (`make dynmod`): `$OOB_MIRROR_DYNMOD`, else
+/// `<repo>/dist/liboob_mirror.so`, as an absolute path. Panics (fails the test) when it is
+/// missing.
+pub fn dynmod_module() -> PathBuf {
+    let path = match std::env::var_os("OOB_MIRROR_DYNMOD") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join("dist/liboob_mirror.so"),
+    };
+    if !path.is_file() {
+        panic!(
+            "oob-mirror dynamic module not found at {}: set OOB_MIRROR_DYNMOD, or build it \
+             with `make dynmod`",
+            path.display()
+        );
+    }
+    absolute(&path)
+}
+
+/// The test-only panic build of the dynamic module (`make dynmod-trap`, features
+/// `dynmod,test-trap`): `$OOB_MIRROR_DYNMOD_TRAP`, else `<repo>/dist/liboob_mirror_trap.so`.
+/// Panics (fails the test) when it is missing.
+pub fn dynmod_trap_module() -> PathBuf {
+    let path = match std::env::var_os("OOB_MIRROR_DYNMOD_TRAP") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join("dist/liboob_mirror_trap.so"),
+    };
+    if !path.is_file() {
+        panic!(
+            "oob-mirror dynamic module trap build not found at {}: set OOB_MIRROR_DYNMOD_TRAP, \
+             or build it with `make dynmod-trap`",
+            path.display()
+        );
+    }
+    absolute(&path)
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|e| panic!("canonicalize {}: {e}", path.display()))
 }

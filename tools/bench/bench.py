@@ -9,6 +9,7 @@ upstream (nginx serving fixed files) and loaded by wrk:
   (e) ext_proc, observability mode, headers and streamed bodies both ways
   (f) oob-mirror in ext_proc mode (the same streams as (e), to the same processor)
   (g) an empty Proxy-Wasm filter: the floor any Proxy-Wasm filter pays
+  (h) oob-mirror as an Envoy dynamic module (dist/liboob_mirror.so, `make dynmod`)
 each with the node up and down (port closed), for GET, 1 KiB and 64 KiB POSTs.
 The HTTP node of (b)-(d) is a second Envoy answering 200 (node-envoy.yaml); the
 node of (e) and (f) is tools/extproc-sink.
@@ -20,7 +21,8 @@ the store off, with the default SQLite store and with a throwaway PostgreSQL
 (when its server binaries are installed), and the ratios between them.
 
 Environment: ENVOY_BIN (default .venv/bin/envoy; `make bench` passes its own),
-OOB_MIRROR_WASM (default dist/oob_mirror.wasm), EXTPROC_SINK, NGINX_BIN.
+OOB_MIRROR_WASM (default dist/oob_mirror.wasm), OOB_MIRROR_DYNMOD (default
+dist/liboob_mirror.so), EXTPROC_SINK, NGINX_BIN.
 Writes bench/results.json and renders bench/results.md from it. `--only memory`,
 `--only throughput`, `--only node`... re-runs one part and keeps the others from
 results.json.
@@ -75,7 +77,11 @@ CASES = [
     Case("d", "Lua httpCall", "lua.yaml", "http"),
     Case("e", "ext_proc observability", "ext-proc.yaml", "grpc"),
     Case("f", "oob-mirror ext_proc", "oob-mirror-extproc.yaml", "grpc"),
+    Case("h", "oob-mirror dynamic module", "oob-mirror-dynmod.yaml", "http"),
 ]
+
+# The cases that are oob-mirror mirroring in batches (the same accounting, the same checks).
+BATCH_MIRRORS = ("b", "h")
 
 
 def case_by_key(key):
@@ -324,7 +330,7 @@ def case_config(case, upstream_port, node_port, extproc_port):
         raise BenchError(f"cases/{case.fragment}: no place in envoy.yaml for {sorted(sections)}")
     return render("\n".join(lines) + "\n", {
         "UPSTREAM_PORT": upstream_port, "NODE_PORT": node_port,
-        "EXTPROC_PORT": extproc_port, "WASM": WASM, "EMPTY_WASM": EMPTY_WASM,
+        "EXTPROC_PORT": extproc_port, "WASM": WASM, "EMPTY_WASM": EMPTY_WASM, "DYNMOD": DYNMOD,
         "LUA": HERE / "mirror.lua",
     })
 
@@ -423,8 +429,15 @@ def wrk(port, payload, seconds, connections):
     return {k: int(v) for k, v in (f.split("=") for f in line.split()[1:])}
 
 
-FILTER_PREFIX = "wasmcustom.oob_mirror."
-FILTER_STATS = "^" + re.escape(FILTER_PREFIX)
+# Envoy prefixes the module's `oob_mirror.<name>` metrics with `wasmcustom.` (Proxy-Wasm) or
+# `dynamicmodulescustom.` (dynamic module).
+FILTER_STATS = r"^(wasmcustom|dynamicmodulescustom)\.oob_mirror\."
+FILTER_MARK = "oob_mirror."
+
+
+def filter_values(stats):
+    """The module's metrics by their own names (`records_sent`, ...)."""
+    return {k.split(FILTER_MARK, 1)[1]: v for k, v in stats.items() if FILTER_MARK in k}
 NODE_CLUSTER_STATS = (r"^cluster\.(oob_mirror_node|extproc)\.(upstream_rq_total|upstream_rq_active"
                       r"|upstream_cx_connect_fail|upstream_rq_pending_overflow|upstream_rq_2xx)$")
 NODE_STATS = r"^http\.node\.(downstream_rq_total|downstream_cx_rx_bytes_total)$"
@@ -447,9 +460,9 @@ class Drained:
         active = envoy.stats(r"^cluster\.(oob_mirror_node|extproc)\.upstream_rq_active$")
         if any(active.values()):
             return False
-        if self.case.key not in ("b", "f"):
+        if self.case.key not in BATCH_MIRRORS + ("f",):
             return True
-        filter_stats = envoy.stats(FILTER_STATS)
+        filter_stats = filter_values(envoy.stats(FILTER_STATS))
         stable = filter_stats == self.last_filter_stats
         self.last_filter_stats = filter_stats
         if self.case.key == "f":
@@ -458,7 +471,7 @@ class Drained:
             waiting = ("queued_records", "inflight_records")
         else:
             waiting = ("inflight_records",)
-        return stable and not any(filter_stats.get(FILTER_PREFIX + k, 0) for k in waiting)
+        return stable and not any(filter_stats.get(k, 0) for k in waiting)
 
 
 def run_one(case, node_state, payload, ctx, args):
@@ -547,7 +560,7 @@ def sanity(run, case, payload):
         problems.append(f"{run['non2xx']} non-2xx, {run['socket_errors']} socket errors")
     if not run["drained"]:
         problems.append("mirror traffic not drained in time")
-    filt = {k[len(FILTER_PREFIX):]: v for k, v in st.items() if k.startswith(FILTER_PREFIX)}
+    filt = filter_values(st)
     if case.node is None:
         text = f"{total} requests, node not used"
     elif case.node == "grpc":
@@ -584,7 +597,7 @@ def sanity(run, case, payload):
         got = node.get("downstream_rq_total", 0)
         rx = node.get("downstream_cx_rx_bytes_total", 0)
         overflow = st.get("cluster.oob_mirror_node.upstream_rq_pending_overflow", 0)
-        if case.key == "b":
+        if case.key in BATCH_MIRRORS:
             captured = filt.get("records_captured", 0)
             accounted = sum(filt.get(k, 0) for k in (
                 "records_sent", "records_dropped_queue_full", "records_dropped_node_failure",
@@ -1049,7 +1062,7 @@ def ratio_text(values):
 def memory(ctx):
     rows = []
     for concurrency in (1, 2):
-        for case in (case_by_key("a"), case_by_key("b")):
+        for case in (case_by_key("a"), case_by_key("b"), case_by_key("h")):
             config = case_config(case, ctx["upstream"].port, ctx["node"].port, free_port())
             envoy = Envoy(f"memory-{case.key}-c{concurrency}", config, concurrency, cpus=None)
             try:
@@ -1273,7 +1286,7 @@ def render_markdown(results):
     mem = results.get("memory")
     if mem:
         out += ["## Idle memory", "", when(mem), "",
-                f"Envoy's VmRSS with the configuration of (a) and of (b) (node up), "
+                f"Envoy's VmRSS with the configuration of (a), (b) and (h) (node up), "
                 f"{MEMORY_IDLE_S} s after it is ready, and 1 s after {MEMORY_REQUESTS} "
                 "requests (GET, 1 KiB and 64 KiB POSTs in turn, one connection).", "",
                 "| --concurrency | configuration | idle MiB | after requests MiB | "
@@ -1309,7 +1322,7 @@ def parse_args():
     p.add_argument("--seconds", type=int, default=10, help="measured seconds per run")
     p.add_argument("--warmup", type=int, default=3, help="warm-up seconds per run")
     p.add_argument("--connections", type=int, default=16)
-    p.add_argument("--cases", default="abcdefg", help="subset of abcdefg")
+    p.add_argument("--cases", default="abcdefgh", help="subset of abcdefgh")
     p.add_argument("--payloads", default="get,1k,64k", help="subset of get,1k,64k")
     p.add_argument("--node", default="up,down", help="subset of up,down")
     p.add_argument("--node-stores", default="none,sqlite-nodisc,sqlite,postgres",
@@ -1326,19 +1339,22 @@ def parse_args():
     args.node_stores = args.node_stores.split(",")
     if not set(args.node_stores) <= set(STORE_NAMES) or args.node_rounds < 1:
         p.error("unknown node store, or --node-rounds below 1")
-    if not set(args.cases) <= set("abcdefg") or not set(args.payloads) <= {"get", "1k", "64k"} \
+    if not set(args.cases) <= set("abcdefgh") or not set(args.payloads) <= {"get", "1k", "64k"} \
             or not set(args.node) <= {"up", "down"}:
         p.error("unknown case, payload or node state")
     return args
 
 
 def main():
-    global ENVOY_BIN, WASM, EMPTY_WASM, NGINX, EXTPROC_SINK, SINK, NODE_BENCH
+    global ENVOY_BIN, WASM, DYNMOD, EMPTY_WASM, NGINX, EXTPROC_SINK, SINK, NODE_BENCH
     args = parse_args()
     ENVOY_BIN = find_tool("Envoy", "ENVOY_BIN", ROOT / ".envoy" / "1.40.0" / "bin" / "envoy")
     WASM = Path(os.environ.get("OOB_MIRROR_WASM") or ROOT / "dist" / "oob_mirror.wasm")
     if not WASM.is_file():
         raise BenchError(f"{WASM} missing: `make wasm`")
+    DYNMOD = Path(os.environ.get("OOB_MIRROR_DYNMOD") or ROOT / "dist" / "liboob_mirror.so")
+    if not DYNMOD.is_file():
+        raise BenchError(f"{DYNMOD} missing: `make dynmod`")
     EMPTY_WASM = Path(os.environ.get("EMPTY_FILTER_WASM") or ROOT / "tools/profile/empty-filter"
                       / "target/wasm32-wasip1/release/empty_filter.wasm")
     if not EMPTY_WASM.is_file():
@@ -1360,6 +1376,7 @@ def main():
     # Every run loads this copy: a rebuild of dist/ during the bench cannot
     # mix two modules into one table.
     WASM = Path(shutil.copy(WASM, WORK / "oob_mirror.wasm"))
+    DYNMOD = Path(shutil.copy(DYNMOD, WORK / "liboob_mirror.so"))
 
     results["machine"] = machine()
     ctx = {"upstream": start_upstream(), "node": start_node(), "slow_node": start_node(slow=True)}

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Instructions Envoy executes per exchange, counted by callgrind: no filter, an empty
-Proxy-Wasm filter and oob-mirror, for a GET and a 1 KiB POST; with ``--extproc-sink``, also
+Proxy-Wasm filter and oob-mirror, for a GET and a 1 KiB POST; with ``--dynmod``, oob-mirror
+as an Envoy dynamic module too, and that module passing traffic (its floor); with
+``--extproc-sink``, also
 oob-mirror in ext_proc mode and Envoy's own ext_proc filter in observability mode, both
 streaming to that gRPC processor (tools/extproc-sink).
 
@@ -110,15 +112,37 @@ ENVOY_EXT_PROC = {
 }
 
 
+def dynamic_module_filter(path, plugin_config):
+    """oob-mirror as an Envoy dynamic module (make dynmod), by path (Envoy 1.40)."""
+    return {
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"module": {"local": {"filename": path}}},
+            "filter_name": "oob-mirror",
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                              "value": json.dumps(plugin_config)},
+        },
+    }
+
+
 def proxy_bootstrap(port, upstream_port, node_port, module, protocol="batch"):
     """`module` None: no filter; "envoy-ext-proc": Envoy's own ext_proc; else the module,
-    mirroring by `protocol`. The ext_proc cases' node cluster speaks HTTP/2 (gRPC)."""
+    mirroring by `protocol` ("dynmod": the module is the dynamic module's shared library,
+    mirroring in batches). The ext_proc cases' node cluster speaks HTTP/2 (gRPC)."""
     filters = []
     plugin_config = dict(PLUGIN_CONFIG, node=dict(PLUGIN_CONFIG["node"]))
     if protocol == "ext_proc":
         plugin_config["node"]["protocol"] = "ext_proc"
     if module == "envoy-ext-proc":
         filters.append(ENVOY_EXT_PROC)
+    elif protocol == "dynmod":
+        filters.append(dynamic_module_filter(module, plugin_config))
+    elif protocol == "dynmod-floor":
+        # A configuration the module refuses (it does not speak ext_proc) leaves it passing
+        # traffic: what Envoy's dynamic-module filter costs before the module does anything.
+        filters.append(dynamic_module_filter(module, {"node": {"cluster": "node",
+                                                               "protocol": "ext_proc"}}))
     elif module:
         filters.append({
             "name": "envoy.filters.http.wasm",
@@ -289,6 +313,9 @@ def main():
                         help="measure oob-mirror alone (no baseline cases)")
     parser.add_argument("--extproc-sink",
                         help="tools/extproc-sink binary: adds the ext_proc cases")
+    parser.add_argument("--dynmod",
+                        help="dist/liboob_mirror.so (make dynmod): adds oob-mirror as an Envoy "
+                             "dynamic module")
     args = parser.parse_args()
     if args.shards != 1:
         PLUGIN_CONFIG["node"]["shards"] = args.shards
@@ -299,6 +326,11 @@ def main():
              ("oob-mirror", module, "batch")]
     if args.only_filter:
         cases = cases[-1:]
+    if args.dynmod:
+        dynmod = os.path.abspath(args.dynmod)
+        if not args.only_filter:
+            cases += [("dynamic module, passing", dynmod, "dynmod-floor")]
+        cases += [("oob-mirror, dynamic module", dynmod, "dynmod")]
     if args.extproc_sink:
         cases += [("oob-mirror, ext_proc", module, "ext_proc")]
         if not args.only_filter:
@@ -309,7 +341,7 @@ def main():
         for payload, body in payloads:
             for case, module, protocol in cases:
                 results[(case, payload)] = measure(args, workdir, module, body, protocol)
-                print(f"  {case:<24} {payload:<10} {results[(case, payload)] / 1000:8.1f} k instructions/exchange",
+                print(f"  {case:<26} {payload:<10} {results[(case, payload)] / 1000:8.1f} k instructions/exchange",
                       flush=True)
     print()
     print("| case | " + " | ".join(f"{p}: k instr. | ratio" for p, _ in payloads) + " |")
