@@ -331,6 +331,7 @@ profile: setup wasm dynmod extproc-sink
 	$(CARGO) build --release --target $(WASM_TARGET) --manifest-path '$(EMPTY_FILTER_DIR)/Cargo.toml' \
 	  --target-dir '$(EMPTY_FILTER_DIR)/target'
 	$(CARGO) build --release -p oob-mirror-profile
+	$(CARGO) build --release -p oob-mirror-extproc-profile
 	@echo "profile: the filter's own encode + batch path, native (instructions per exchange), shards $(PROFILE_SHARDS)"
 	@for run in "0" "1024" "1024 json"; do \
 	  PROFILE_SHARDS='$(PROFILE_SHARDS)' valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/capture-profile 20000 $$run 2>&1 \
