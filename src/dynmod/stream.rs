@@ -6,7 +6,7 @@ use super::abi;
 use super::host::{now_ns, ns_to_ms, Filter};
 use super::module::{Mirror, Worker};
 use crate::body::BodyCapture;
-use crate::record::{HeaderList, RequestRecord, ResponseRecord};
+use crate::record::{status_of, HeaderList, RequestRecord, ResponseRecord};
 use crate::select::{skip_body, Request};
 use std::sync::MutexGuard;
 
@@ -120,28 +120,19 @@ impl<'m> MirrorStream<'m> {
         };
         let connection = connection.unwrap_or_else(|| filter.connection_facts());
         let capture = &self.mirror.config.capture;
-        let text = |name| pseudo.text(name).unwrap_or_default();
         let body = if self.skips_body(&headers) {
             BodyCapture::skipped()
         } else {
             BodyCapture::new(capture.request_body_max)
         };
-        self.request = Some(RequestRecord {
-            id: id.clone(),
+        self.request = Some(RequestRecord::from_headers(
+            id.clone(),
             ts_ns,
-            method: text(":method"),
-            scheme: text(":scheme"),
-            authority: text(":authority"),
-            path: text(":path"),
-            protocol: connection.protocol,
-            source: connection.source,
-            destination: connection.destination,
-            tls: connection.tls,
+            &pseudo,
             headers,
-            trailers: HeaderList::new(),
+            connection,
             body,
-            complete: false,
-        });
+        ));
         self.response.body = BodyCapture::new(capture.response_body_max);
         self.request_ts_ns = ts_ns;
         self.id = id;
@@ -194,8 +185,7 @@ impl<'m> MirrorStream<'m> {
                 .and_then(|code| u32::try_from(code).ok())
                 .unwrap_or(0);
         }
-        // Envoy's reason tells something only when the answer is not a whole one below 400.
-        if response.status == 0 || response.status >= 400 || !response.complete {
+        if response.wants_details() {
             response.details = self.details(filter);
         }
         response.duration_us = end_ns.saturating_sub(self.request_ts_ns) / 1000;
@@ -275,11 +265,7 @@ impl MirrorStream<'_> {
             self.response.body = BodyCapture::skipped();
         }
         self.response.ts_ns = now_ns();
-        self.response.status = pseudo
-            .get(":status")
-            .and_then(|s| std::str::from_utf8(s).ok())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        self.response.status = status_of(&pseudo);
         self.response.headers = headers;
         self.response.complete = end_of_stream;
         self.response_started = true;

@@ -7,7 +7,7 @@ use super::host::{
 use super::worker::SharedWorker;
 use crate::body::BodyCapture;
 use crate::connection_facts::ConnectionFacts;
-use crate::record::{HeaderList, RequestRecord, ResponseRecord};
+use crate::record::{status_of, HeaderList, RequestRecord, ResponseRecord};
 use crate::select::{skip_body, Request};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -142,28 +142,19 @@ impl MirrorStream {
         let id = self.next_id();
         let (request_cap, response_cap) = self.body_caps();
         let connection = self.connection_facts();
-        let text = |name| pseudo.text(name).unwrap_or_default();
         let body = if self.skips_body(&headers) {
             BodyCapture::skipped()
         } else {
             BodyCapture::new(request_cap)
         };
-        self.request = Some(RequestRecord {
-            id: id.clone(),
+        self.request = Some(RequestRecord::from_headers(
+            id.clone(),
             ts_ns,
-            method: text(":method"),
-            scheme: text(":scheme"),
-            authority: text(":authority"),
-            path: text(":path"),
-            protocol: connection.protocol,
-            source: connection.source,
-            destination: connection.destination,
-            tls: connection.tls,
+            &pseudo,
             headers,
-            trailers: HeaderList::new(),
+            connection,
             body,
-            complete: false,
-        });
+        ));
         self.response.body = BodyCapture::new(response_cap);
         self.request_ts_ns = ts_ns;
         self.id = id;
@@ -214,10 +205,7 @@ impl MirrorStream {
                 .and_then(|code| u32::try_from(code).ok())
                 .unwrap_or(0);
         }
-        // Envoy's reason tells something only when the answer is not a whole one below 400
-        // (those are `via_upstream`, or a route's own direct response); a host read costs
-        // about 12 k instructions, so most exchanges skip it.
-        if response.status == 0 || response.status >= 400 || !response.complete {
+        if response.wants_details() {
             response.details = property_text(&["response", "code_details"]);
         }
         response.duration_us = end_ns.saturating_sub(self.request_ts_ns) / 1000;
@@ -284,11 +272,7 @@ impl MirrorStream {
                 self.response.body = BodyCapture::skipped();
             }
             self.response.ts_ns = now_ns();
-            self.response.status = pseudo
-                .get(":status")
-                .and_then(|s| std::str::from_utf8(s).ok())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
+            self.response.status = status_of(&pseudo);
             self.response.headers = headers;
             self.response.complete = end_of_stream;
             self.response_started = true;
