@@ -8,7 +8,7 @@
 //! worker's, shared by every shard, so the bounds are those of one queue. A record's shard is
 //! [`shard_of`] its exchange id: both records of an exchange travel in batches of one shard.
 
-use crate::config::BatchConfig;
+use crate::config::{BatchConfig, NodeConfig};
 use std::collections::VecDeque;
 
 /// A batch ready to be sent: concatenated msgpack records.
@@ -47,6 +47,37 @@ pub fn shard_targets(authority: &str, shards: u32) -> Vec<(String, String)> {
     (0..shards)
         .map(|n| (format!("shard-{n}.{authority}"), n.to_string()))
         .collect()
+}
+
+/// The headers a batch goes out with (docs/wire-format.md): the node's path, the `:authority`
+/// of the batch's shard (see [`shard_targets`]), the msgpack type, the wire format's version,
+/// the record count, the shard's number when there are several, then the configured
+/// `node.headers` (`node_headers`, their values already resolved).
+pub fn batch_headers<'a>(
+    node: &'a NodeConfig,
+    targets: &'a [(String, String)],
+    batch: &Batch,
+    records: &'a str,
+    node_headers: &'a [(String, String)],
+) -> Vec<(&'a str, &'a str)> {
+    let shard = usize::try_from(batch.shard)
+        .ok()
+        .and_then(|i| targets.get(i));
+    let authority = shard.map_or(node.authority.as_str(), |(a, _)| a.as_str());
+    let mut headers = Vec::with_capacity(7 + node_headers.len());
+    headers.extend([
+        (":method", "POST"),
+        (":path", node.path.as_str()),
+        (":authority", authority),
+        ("content-type", "application/msgpack"),
+        ("x-oob-mirror-version", "1"),
+        ("x-oob-mirror-records", records),
+    ]);
+    if let Some((_, number)) = shard {
+        headers.push(("x-oob-mirror-shard", number.as_str()));
+    }
+    headers.extend(node_headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    headers
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,6 +485,42 @@ mod tests {
             ]
         );
         assert_eq!(shard_targets("a", MAX_SHARDS).len(), 64);
+    }
+
+    #[test]
+    fn batch_headers_by_shard() {
+        let node =
+            crate::config::Config::parse(br#"{"node":{"cluster":"n","authority":"a.example"}}"#)
+                .unwrap()
+                .node;
+        let batch = |shard| Batch {
+            body: Vec::new(),
+            records: 2,
+            shard,
+        };
+        let extra = [("authorization".to_owned(), "Bearer t".to_owned())];
+        let expected = |authority, shard: Option<&'static str>| {
+            let mut h = vec![
+                (":method", "POST"),
+                (":path", node.path.as_str()),
+                (":authority", authority),
+                ("content-type", "application/msgpack"),
+                ("x-oob-mirror-version", "1"),
+                ("x-oob-mirror-records", "2"),
+            ];
+            h.extend(shard.map(|n| ("x-oob-mirror-shard", n)));
+            h.push(("authorization", "Bearer t"));
+            h
+        };
+        assert_eq!(
+            batch_headers(&node, &[], &batch(0), "2", &extra),
+            expected("a.example", None)
+        );
+        let targets = shard_targets("a.example", 3);
+        assert_eq!(
+            batch_headers(&node, &targets, &batch(2), "2", &extra),
+            expected("shard-2.a.example", Some("2"))
+        );
     }
 
     #[test]

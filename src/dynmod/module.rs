@@ -8,7 +8,7 @@
 use super::abi::{self, HttpFilterConfigEnvoyPtr, ModuleBuffer, ModuleHttpHeader};
 use super::host::{log, now_ms, random_seed};
 use crate::accounting::{Counters, Gauges};
-use crate::batch::shard_targets;
+use crate::batch::{batch_headers, shard_targets};
 use crate::capture_budget::CaptureBudget;
 use crate::config::{Config, Protocol};
 use crate::connection_facts::ConnectionFactsCache;
@@ -369,29 +369,16 @@ impl Mirror {
                 break;
             };
             let records = batch.records.to_string();
-            let shard = usize::try_from(batch.shard)
-                .ok()
-                .and_then(|i| self.shard_targets.get(i));
-            let authority = shard.map_or(node.authority.as_str(), |(a, _)| a.as_str());
-            let mut headers = vec![
-                ModuleHttpHeader::of(b":method", b"POST"),
-                ModuleHttpHeader::of(b":path", node.path.as_bytes()),
-                ModuleHttpHeader::of(b":authority", authority.as_bytes()),
-                ModuleHttpHeader::of(b"content-type", b"application/msgpack"),
-                ModuleHttpHeader::of(b"x-oob-mirror-version", b"1"),
-                ModuleHttpHeader::of(b"x-oob-mirror-records", records.as_bytes()),
-            ];
-            if let Some((_, number)) = shard {
-                headers.push(ModuleHttpHeader::of(
-                    b"x-oob-mirror-shard",
-                    number.as_bytes(),
-                ));
-            }
-            headers.extend(
-                self.node_headers
-                    .iter()
-                    .map(|(n, v)| ModuleHttpHeader::of(n.as_bytes(), v.as_bytes())),
-            );
+            let mut headers: Vec<ModuleHttpHeader> = batch_headers(
+                node,
+                &self.shard_targets,
+                &batch,
+                &records,
+                &self.node_headers,
+            )
+            .into_iter()
+            .map(|(n, v)| ModuleHttpHeader::of(n.as_bytes(), v.as_bytes()))
+            .collect();
             let mut callout_id = 0u64;
             // SAFETY: main thread (tick or callout reply); every buffer lives until the call
             // returns, and Envoy copies what it keeps.

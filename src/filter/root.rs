@@ -8,7 +8,7 @@ use super::metrics::Metrics;
 use super::stream::MirrorStream;
 use super::worker::{SharedWorker, Worker};
 use crate::accounting::Gauges;
-use crate::batch::shard_targets;
+use crate::batch::{batch_headers, shard_targets};
 use crate::config::{Config, Protocol};
 use crate::extproc::encode::grpc_service;
 use crate::failure_log::{Level, Reason};
@@ -142,25 +142,12 @@ impl MirrorRoot {
             let records = batch.records.to_string();
             // Envoy hashes a wasm call on its `:authority` (a RING_HASH or MAGLEV node
             // cluster then keeps each shard on one replica): the shard rides in it.
-            let shard = usize::try_from(batch.shard)
-                .ok()
-                .and_then(|i| self.shard_targets.get(i));
-            let authority = shard.map_or(node.authority.as_str(), |(a, _)| a.as_str());
-            let mut headers = vec![
-                (":method", "POST"),
-                (":path", node.path.as_str()),
-                (":authority", authority),
-                ("content-type", "application/msgpack"),
-                ("x-oob-mirror-version", "1"),
-                ("x-oob-mirror-records", records.as_str()),
-            ];
-            if let Some((_, number)) = shard {
-                headers.push(("x-oob-mirror-shard", number.as_str()));
-            }
-            headers.extend(
-                self.node_headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            let headers = batch_headers(
+                node,
+                &self.shard_targets,
+                &batch,
+                &records,
+                &self.node_headers,
             );
             match hostcalls::dispatch_http_call(
                 &node.cluster,
