@@ -77,6 +77,23 @@ impl EnvoyHttpHeader {
         value_ptr: std::ptr::null(),
         value_length: 0,
     };
+
+    /// The header's name and value.
+    ///
+    /// # Safety
+    /// As [`EnvoyBuffer::as_slice`], for both of Envoy's buffers.
+    pub unsafe fn as_slices<'a>(&self) -> (&'a [u8], &'a [u8]) {
+        let key = EnvoyBuffer {
+            ptr: self.key_ptr,
+            length: self.key_length,
+        };
+        let value = EnvoyBuffer {
+            ptr: self.value_ptr,
+            length: self.value_length,
+        };
+        // SAFETY: the caller's contract.
+        unsafe { (key.as_slice(), value.as_slice()) }
+    }
 }
 
 /// `envoy_dynamic_module_type_module_http_header`.

@@ -103,20 +103,7 @@ impl Filter {
         for h in raw.iter() {
             // SAFETY: Envoy filled each entry with buffers valid until the hook returns; they
             // are copied into the list by `each`.
-            let (key, value) = unsafe {
-                (
-                    EnvoyBuffer {
-                        ptr: h.key_ptr,
-                        length: h.key_length,
-                    }
-                    .as_slice(),
-                    EnvoyBuffer {
-                        ptr: h.value_ptr,
-                        length: h.value_length,
-                    }
-                    .as_slice(),
-                )
-            };
+            let (key, value) = unsafe { h.as_slices() };
             each(count, bytes, key, value);
         }
     }

@@ -157,20 +157,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
                 .iter()
                 .find_map(|h| {
                     // SAFETY: header buffers are valid for this call.
-                    let (k, v) = unsafe {
-                        (
-                            EnvoyBuffer {
-                                ptr: h.key_ptr,
-                                length: h.key_length,
-                            }
-                            .as_slice(),
-                            EnvoyBuffer {
-                                ptr: h.value_ptr,
-                                length: h.value_length,
-                            }
-                            .as_slice(),
-                        )
-                    };
+                    let (k, v) = unsafe { h.as_slices() };
                     (k == b":status").then(|| std::str::from_utf8(v).ok()?.parse::<u32>().ok())
                 })
                 .flatten()
