@@ -12,14 +12,15 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rmpv::Value;
 use support::client::{Client, Proto, Req};
 use support::envoy::envoy_version;
-use support::records::{start_node, Behavior, HeaderValue, Node};
+use support::records::{start_node, Behavior, HeaderValue, Node, Record};
 use support::stats::{self, Stats};
 use support::upstream::pattern;
+use support::workload::{assert_same_answers, run, workload};
 use support::{ports, Envoy, EnvoyConfig, Upstream, EVENTUALLY};
 
 /// Whether this Envoy can load the module; if not, says why in one line.
@@ -118,6 +119,23 @@ fn raw_exchange(envoy: &Envoy) {
 
 const CORPUS_LEN: usize = 11;
 
+/// An exchange's two records as raw msgpack maps, with what differs between any two runs (the
+/// id, Envoy's and the client's addresses, Envoy's request id; dates by [`normalize`])
+/// replaced by fixed text.
+fn normalized(envoy: &Envoy, req: &Record, rsp: &Record) -> (Value, Value) {
+    let mut subs: Vec<(String, String)> = vec![
+        (req.id.clone(), "ID".into()),
+        (envoy.addr().to_string(), "ENVOY".into()),
+    ];
+    if let Some(source) = &req.source {
+        subs.push((source.clone(), "CLIENT".into()));
+    }
+    if let Some(HeaderValue::Str(rid)) = req.header("x-request-id") {
+        subs.push((rid.clone(), "REQUEST-ID".into()));
+    }
+    (normalize(&req.raw, &subs), normalize(&rsp.raw, &subs))
+}
+
 /// Runs the corpus through `envoy`; the node's records of each entry, as raw msgpack maps,
 /// with what differs between any two runs (ids, times, ports, Envoy's request id, dates)
 /// replaced by fixed text.
@@ -151,17 +169,7 @@ fn mirrored(
             .iter()
             .find(|r| r.is_response() && r.id == req.id)
             .unwrap_or_else(|| panic!("no response record for {}", req.id));
-        let mut subs: Vec<(String, String)> = vec![
-            (req.id.clone(), "ID".into()),
-            (envoy.addr().to_string(), "ENVOY".into()),
-        ];
-        if let Some(source) = &req.source {
-            subs.push((source.clone(), "CLIENT".into()));
-        }
-        if let Some(HeaderValue::Str(rid)) = req.header("x-request-id") {
-            subs.push((rid.clone(), "REQUEST-ID".into()));
-        }
-        out.insert(n, (normalize(&req.raw, &subs), normalize(&rsp.raw, &subs)));
+        out.insert(n, normalized(envoy, req, rsp));
     }
     assert_eq!(out.len(), CORPUS_LEN, "{:?}", out.keys());
     out
@@ -278,36 +286,6 @@ fn assert_no_module_errors(envoy: &Envoy) {
     }
 }
 
-/// Requests whose answers do not depend on anything Envoy generates, so runs with and
-/// without the module compare (tests/e2e_node_failures.rs's workload).
-fn workload() -> Vec<Req> {
-    let mut reqs = Vec::new();
-    for round in 0..3 {
-        reqs.push(Req::get(&format!("/download/{}", 1000 + round)));
-        reqs.push(Req::get("/status/404"));
-        reqs.push(Req::post("/upload-sha", pattern(200_000 + round)));
-        reqs.push(Req::get("/download/100000").proto(Proto::H2));
-        reqs.push(Req::get("/status/201").proto(Proto::H2));
-        reqs.push(Req::new(Proto::H2, "PUT", "/upload-sha").body(pattern(70_000)));
-        reqs.push(Req::get("/trailers").proto(Proto::H2));
-    }
-    reqs
-}
-
-type Outcome = Vec<(u16, Vec<u8>, Vec<(String, String)>)>;
-
-fn run(client: &Client, envoy: &Envoy) -> (Outcome, Duration) {
-    let started = Instant::now();
-    let out = workload()
-        .iter()
-        .map(|r| {
-            let resp = client.send(envoy.addr(), r);
-            (resp.status, resp.body, resp.trailers)
-        })
-        .collect();
-    (out, started.elapsed())
-}
-
 /// Runs the workload without a filter, then through the module with `node_port` as the node;
 /// clients must see the same answers in about the same time. The module's metrics once every
 /// record is accounted for.
@@ -320,20 +298,7 @@ fn bad_node_case(node_port: u16) -> (Envoy, Stats) {
     };
     let envoy = Envoy::start(&EnvoyConfig::new(upstream.port(), node_port).dynamic_module());
     let (got, time) = run(&client, &envoy);
-    assert_eq!(got.len(), expected.len());
-    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-        assert!(
-            g == e,
-            "response {i} differs with the module: status {} vs {}, body {} vs {} bytes, \
-             trailers {:?} vs {:?}",
-            g.0,
-            e.0,
-            g.1.len(),
-            e.1.len(),
-            g.2,
-            e.2
-        );
-    }
+    assert_same_answers(&got, &expected, "the module");
     // Holding traffic on the node (timeout_ms 500) would cost >= 0.5 s per exchange.
     assert!(
         time < baseline_time + Duration::from_secs(4),
@@ -638,17 +603,7 @@ fn redaction_markers_equal_the_proxy_wasm_builds_given_the_same_key() {
         }
         let req = records.iter().find(|r| r.is_request()).unwrap();
         let rsp = records.iter().find(|r| r.is_response()).unwrap();
-        let mut subs: Vec<(String, String)> = vec![
-            (req.id.clone(), "ID".into()),
-            (envoy.addr().to_string(), "ENVOY".into()),
-        ];
-        if let Some(source) = &req.source {
-            subs.push((source.clone(), "CLIENT".into()));
-        }
-        if let Some(HeaderValue::Str(rid)) = req.header("x-request-id") {
-            subs.push((rid.clone(), "REQUEST-ID".into()));
-        }
-        let (req, rsp) = (normalize(&req.raw, &subs), normalize(&rsp.raw, &subs));
+        let (req, rsp) = normalized(&envoy, req, rsp);
         let all = format!("{req} {rsp}");
         for secret in secrets {
             assert!(!all.contains(secret), "{secret} reached the node: {all}");

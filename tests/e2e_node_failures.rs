@@ -12,41 +12,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::client::{Client, Proto, Req};
+use support::client::{Client, Req};
 use support::records::{start_node, Behavior, Node};
 use support::stats::{self, Stats};
 use support::upstream::pattern;
+use support::workload::{assert_same_answers, run};
 use support::{ports, Envoy, EnvoyConfig, Upstream};
-
-/// Requests whose answers do not depend on anything Envoy generates (no
-/// request ids in the bodies), so runs with and without the filter compare.
-fn workload() -> Vec<Req> {
-    let mut reqs = Vec::new();
-    for round in 0..3 {
-        reqs.push(Req::get(&format!("/download/{}", 1000 + round)));
-        reqs.push(Req::get("/status/404"));
-        reqs.push(Req::post("/upload-sha", pattern(200_000 + round)));
-        reqs.push(Req::get("/download/100000").proto(Proto::H2));
-        reqs.push(Req::get("/status/201").proto(Proto::H2));
-        reqs.push(Req::new(Proto::H2, "PUT", "/upload-sha").body(pattern(70_000)));
-        reqs.push(Req::get("/trailers").proto(Proto::H2));
-    }
-    reqs
-}
-
-type Outcome = Vec<(u16, Vec<u8>, Vec<(String, String)>)>;
-
-fn run(client: &Client, envoy: &Envoy) -> (Outcome, Duration) {
-    let started = Instant::now();
-    let out = workload()
-        .iter()
-        .map(|r| {
-            let resp = client.send(envoy.addr(), r);
-            (resp.status, resp.body, resp.trailers)
-        })
-        .collect();
-    (out, started.elapsed())
-}
 
 enum NodeMode {
     /// Nothing listens on the node's port.
@@ -77,19 +48,7 @@ fn bad_node_case(mode: NodeMode) -> Stats {
     let node_port = node.as_ref().map_or_else(ports::closed_port, Node::port);
     let envoy = Envoy::start(&EnvoyConfig::new(upstream.port(), node_port));
     let (got, time) = run(&client, &envoy);
-    assert_eq!(got.len(), expected.len());
-    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-        assert!(
-            g == e,
-            "response {i} differs with the filter: status {} vs {}, body {} vs {} bytes, trailers {:?} vs {:?}",
-            g.0,
-            e.0,
-            g.1.len(),
-            e.1.len(),
-            g.2,
-            e.2
-        );
-    }
+    assert_same_answers(&got, &expected, "the filter");
     // Holding traffic on the node (timeout_ms 500) would cost >= 0.5 s per
     // exchange, i.e. >= 10 s for the workload.
     assert!(

@@ -21,6 +21,7 @@ pub mod shop;
 pub mod stats;
 pub mod upstream;
 pub mod wait;
+pub mod workload;
 
 use std::time::Duration;
 
